@@ -1,0 +1,194 @@
+"""Kylon: a model gateway for AI agents. `python app.py` runs it.
+
+This file only wires things together: settings → database → caches and usage
+writer → the handler lists of kylon/handlers → the HTTP server, plus a clean
+shutdown on SIGTERM/SIGINT.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+
+import tornado.httpserver
+import tornado.log
+import tornado.web
+
+from kylon import relay
+from kylon.auth import AccountCache
+from kylon.billing import PriceBook
+from kylon.db import DatabaseWorker
+from kylon.handlers import admin_api, base, health, metrics as metrics_handlers, proxy
+from kylon.handlers.admin_api import token_hash
+from kylon.models import Gate, Setting, open_database
+from kylon.providers import load_providers
+from kylon.services import Services
+from kylon.settings import Settings
+from kylon.usage import UsageWriter
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+log = logging.getLogger("kylon")
+
+# Keys can arrive in a query string (Gemini's ?key=): never in a log line.
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:key|api_key|access_token|token)=)[^&]*", re.IGNORECASE)
+
+
+def redact(uri):
+    return _SECRET_QUERY.sub(r"\1[redacted]", uri)
+
+
+def log_request(handler):
+    status = handler.get_status()
+    logger = tornado.log.access_log
+    method = logger.info if status < 400 else logger.warning if status < 500 else logger.error
+    request = handler.request
+    method(
+        "%d %s %s %s %.1fms %s",
+        status,
+        request.method,
+        redact(request.uri),
+        request.remote_ip,
+        1000.0 * request.request_time(),
+        getattr(handler, "request_id", "-"),
+    )
+
+
+def ensure_admin_token(configured):
+    """The admin token's hash; a new token (to print once) when none exists yet."""
+    if configured:
+        digest = token_hash(configured)
+        Setting.insert(name="admin_token_hash", value=digest).on_conflict_replace().execute()
+        return digest, None
+    row = Setting.get_or_none(Setting.name == "admin_token_hash")
+    if row is not None:
+        return row.value, None
+    token = "kat_" + secrets.token_urlsafe(32)
+    Setting.create(name="admin_token_hash", value=token_hash(token))
+    return token_hash(token), token
+
+
+def ensure_cookie_secret():
+    row = Setting.get_or_none(Setting.name == "cookie_secret")
+    if row is None:
+        row = Setting.create(name="cookie_secret", value=secrets.token_urlsafe(48))
+    return row.value
+
+
+def seed_gates(providers):
+    """The gates providers ship with, written once; after that they are the
+    operator's data (a deleted gate stays deleted)."""
+    if Setting.get_or_none(Setting.name == "gates_seeded") is not None:
+        return
+    for provider in providers.values():
+        for route, skill in provider.default_gates.items():
+            if not Gate.select().where((Gate.provider == provider.name) & (Gate.route == route)).exists():
+                Gate.create(provider=provider.name, route=route, skill=skill)
+    Setting.create(name="gates_seeded", value="1")
+
+
+def make_app(services, cookie_secret):
+    handlers = []
+    for module in (proxy, admin_api, health, metrics_handlers):
+        handlers.extend(module.default_handlers)
+    return tornado.web.Application(
+        handlers,
+        default_handler_class=base.NotFoundHandler,
+        kylon=services,
+        log_function=log_request,
+        template_path=os.path.join(HERE, "templates"),
+        static_path=os.path.join(HERE, "static"),
+        cookie_secret=cookie_secret,
+        xsrf_cookies=True,
+        compress_response=False,
+    )
+
+
+async def serve(settings):
+    providers = load_providers(settings.env)
+    db = open_database(settings.database_url)
+    worker = DatabaseWorker(db)
+    admin_hash, new_token = worker.run_sync(ensure_admin_token, settings.admin_token)
+    cookie_secret = worker.run_sync(ensure_cookie_secret)
+    worker.run_sync(seed_gates, providers)
+    if new_token:
+        print(f"Kylon admin token (shown once, keep it safe): {new_token}", flush=True)
+
+    pricebook = PriceBook(
+        defaults={p.name: p.prices for p in providers.values()},
+        fallbacks={p.name: p.fallback_price for p in providers.values()},
+    )
+    cache = AccountCache(worker, pricebook, settings.cache_refresh_seconds)
+    await cache.refresh()
+    writer = UsageWriter(worker, cache, settings.usage_flush_seconds)
+    services = Services(settings, worker, cache, writer, providers, pricebook, admin_hash)
+    relay.configure_client(settings.max_upstream_connections)
+
+    app = make_app(services, cookie_secret)
+    server = tornado.httpserver.HTTPServer(
+        app,
+        xheaders=settings.xheaders,
+        max_body_size=settings.max_body_bytes,
+        idle_connection_timeout=120,
+    )
+    server.listen(settings.port, settings.host)
+    cache.start()
+    writer.start()
+    configured = ", ".join(p.name for p in providers.values() if p.configured) or "none"
+    log.info("Kylon listening on http://%s:%d (providers configured: %s)", settings.host, settings.port, configured)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await shutdown(server, services)
+
+
+async def shutdown(server, services):
+    """Stop accepting, let open calls finish within the grace period, cut the
+    rest (recorded as interrupted), write every usage record, close."""
+    log.info("shutting down: %d calls open", len(services.open_calls))
+    server.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + services.settings.shutdown_grace_seconds
+    while services.open_calls and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for handler in list(services.open_calls):
+        handler.interrupt()
+    for _ in range(40):
+        if not services.open_calls:
+            break
+        await asyncio.sleep(0.05)
+    services.cache.stop()
+    written = await services.writer.close()
+    services.db.close()
+    log.info("stopped%s", "" if written else " (some usage records could not be written)")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Kylon model gateway")
+    parser.add_argument("--host", help="listen address (KYLON_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (KYLON_PORT)")
+    parser.add_argument("--database-url", help="peewee database URL (KYLON_DATABASE_URL)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env()
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    if args.database_url:
+        settings.database_url = args.database_url
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""What the operator can do, as plain functions on the database thread.
+
+Both the JSON API and the admin pages call these, so the rules (a ledger row for
+every grant, a key shown once, balances read back after an atomic update) live
+in one place.
+"""
+
+import datetime
+from decimal import Decimal, InvalidOperation
+
+import peewee
+
+from . import auth
+from .billing import PRICE_FIELDS
+from .models import (
+    Agent,
+    AgentSkill,
+    ApiKey,
+    CreditLedger,
+    Gate,
+    PriceOverride,
+    UsageRecord,
+    database,
+    from_nano,
+    utcnow,
+)
+
+
+class AdminError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_amount(value, field="amount"):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise AdminError(400, f"'{field}' must be a decimal number or string.")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise AdminError(400, f"'{field}' is not a decimal number: {value!r}.")
+    if not amount.is_finite() or abs(amount) >= Decimal(10) ** 9:
+        raise AdminError(400, f"'{field}' is out of range.")
+    return amount
+
+
+def parse_skills(value):
+    if not isinstance(value, list) or not all(isinstance(s, str) and s.strip() for s in value):
+        raise AdminError(400, "'skills' must be a list of skill names.")
+    return sorted({s.strip() for s in value})
+
+
+def agent_dict(agent, skills=None):
+    if skills is None:
+        skills = [s.skill for s in AgentSkill.select().where(AgentSkill.agent == agent.id)]
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "skills": sorted(skills),
+        "credits": str(agent.credits),
+        "created_at": agent.created_at.isoformat() + "Z",
+    }
+
+
+def get_agent(agent_id):
+    try:
+        return Agent.get_by_id(int(agent_id))
+    except (Agent.DoesNotExist, ValueError, TypeError):
+        raise AdminError(404, f"No agent with id {agent_id}.")
+
+
+def create_agent(name, skills=(), credits=0, actor="admin"):
+    if not isinstance(name, str) or not name.strip():
+        raise AdminError(400, "'name' is required.")
+    skills = parse_skills(list(skills))
+    credits = parse_amount(credits, "credits")
+    with database.atomic():
+        agent = Agent.create(name=name.strip()[:200], credits=credits)
+        for skill in skills:
+            AgentSkill.create(agent=agent, skill=skill)
+        if credits:
+            CreditLedger.create(agent=agent, amount=credits, balance_after=credits, note="initial credits", actor=actor)
+    return agent_dict(agent, skills)
+
+
+def list_agents():
+    skills = {}
+    for row in AgentSkill.select():
+        skills.setdefault(row.agent_id, []).append(row.skill)
+    return [agent_dict(a, skills.get(a.id, [])) for a in Agent.select().order_by(Agent.id)]
+
+
+def agent_detail(agent_id):
+    return agent_dict(get_agent(agent_id))
+
+
+def update_agent(agent_id, name=None, skills=None):
+    agent = get_agent(agent_id)
+    with database.atomic():
+        if name is not None:
+            if not isinstance(name, str) or not name.strip():
+                raise AdminError(400, "'name' must be a non-empty string.")
+            agent.name = name.strip()[:200]
+            agent.save()
+        if skills is not None:
+            skills = parse_skills(skills)
+            AgentSkill.delete().where(AgentSkill.agent == agent.id).execute()
+            for skill in skills:
+                AgentSkill.create(agent=agent, skill=skill)
+    return agent_dict(agent)
+
+
+def adjust_credits(agent_id, amount, note="", actor="admin"):
+    amount = parse_amount(amount)
+    if amount == 0:
+        raise AdminError(400, "'amount' must not be zero.")
+    note = note if isinstance(note, str) else ""
+    with database.atomic():
+        agent = get_agent(agent_id)
+        Agent.update(credits=Agent.credits + amount).where(Agent.id == agent.id).execute()
+        balance = Agent.get_by_id(agent.id).credits
+        CreditLedger.create(agent=agent.id, amount=amount, balance_after=balance, note=note[:500], actor=actor)
+    return {"id": agent.id, "credits": str(balance), "amount": str(amount)}
+
+
+def ledger(agent_id, limit=100):
+    get_agent(agent_id)
+    rows = (
+        CreditLedger.select()
+        .where(CreditLedger.agent == int(agent_id))
+        .order_by(CreditLedger.id.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "id": r.id,
+            "amount": str(r.amount),
+            "balance_after": str(r.balance_after),
+            "note": r.note,
+            "actor": r.actor,
+            "created_at": r.created_at.isoformat() + "Z",
+        }
+        for r in rows
+    ]
+
+
+def parse_time(value, field):
+    if value in (None, ""):
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise AdminError(400, f"'{field}' must be an ISO 8601 time.")
+    if t.tzinfo is not None:
+        t = t.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return t
+
+
+def create_key(agent_id, name="", expires_at=None):
+    agent = get_agent(agent_id)
+    expires = parse_time(expires_at, "expires_at")
+    key = auth.generate_key()
+    row = ApiKey.create(
+        agent=agent,
+        name=(name if isinstance(name, str) else "")[:200],
+        prefix=auth.key_display_prefix(key),
+        key_hash=auth.hash_key(key),
+        expires_at=expires,
+    )
+    return {"id": row.id, "key": key, "prefix": row.prefix, "name": row.name, "agent_id": agent.id}
+
+
+def key_dict(row):
+    def t(v):
+        return None if v is None else v.isoformat() + "Z"
+
+    return {
+        "id": row.id,
+        "agent_id": row.agent_id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "created_at": t(row.created_at),
+        "last_used_at": t(row.last_used_at),
+        "expires_at": t(row.expires_at),
+        "revoked_at": t(row.revoked_at),
+    }
+
+
+def list_keys(agent_id=None):
+    query = ApiKey.select().order_by(ApiKey.id)
+    if agent_id is not None:
+        query = query.where(ApiKey.agent == int(agent_id))
+    return [key_dict(r) for r in query]
+
+
+def revoke_key(key_id):
+    try:
+        row = ApiKey.get_by_id(int(key_id))
+    except (ApiKey.DoesNotExist, ValueError):
+        raise AdminError(404, f"No key with id {key_id}.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        row.save()
+    return key_dict(row), row.key_hash
+
+
+USAGE_FIELDS = (
+    "request_id agent_id key_id provider route model stream status http_status input_tokens "
+    "cached_input_tokens cache_write_tokens output_tokens reasoning_tokens unit units credits "
+    "estimated fallback_price error started_at duration_ms ttfb_ms"
+).split()
+
+
+def usage_dict(r):
+    d = {f: getattr(r, f) for f in USAGE_FIELDS}
+    d["credits"] = str(r.credits)
+    d["units"] = str(r.units)
+    d["started_at"] = r.started_at.isoformat() + "Z"
+    return d
+
+
+def usage_query(filters):
+    q = UsageRecord.select()
+    for field in ("agent_id", "key_id"):
+        if filters.get(field) not in (None, ""):
+            try:
+                q = q.where(getattr(UsageRecord, field) == int(filters[field]))
+            except ValueError:
+                raise AdminError(400, f"'{field}' must be a number.")
+    for field in ("provider", "status", "model", "route", "request_id"):
+        if filters.get(field):
+            q = q.where(getattr(UsageRecord, field) == filters[field])
+    since = parse_time(filters.get("since"), "since")
+    until = parse_time(filters.get("until"), "until")
+    if since:
+        q = q.where(UsageRecord.started_at >= since)
+    if until:
+        q = q.where(UsageRecord.started_at < until)
+    return q
+
+
+def list_usage(filters, limit=100, offset=0):
+    limit = max(1, min(int(limit), 1000))
+    q = usage_query(filters).order_by(UsageRecord.started_at.desc(), UsageRecord.id.desc())
+    return [usage_dict(r) for r in q.limit(limit).offset(max(0, int(offset)))]
+
+
+def usage_totals(filters):
+    q = usage_query(filters)
+    row = q.select(
+        peewee.fn.COUNT(UsageRecord.id),
+        peewee.fn.SUM(UsageRecord.input_tokens),
+        peewee.fn.SUM(UsageRecord.output_tokens),
+        peewee.fn.SUM(UsageRecord.credits),
+    ).tuples()[0]
+    return {
+        "requests": row[0] or 0,
+        "input_tokens": int(row[1] or 0),
+        "output_tokens": int(row[2] or 0),
+        "credits": str(from_nano(row[3] or 0)),
+    }
+
+
+
+
+def list_price_overrides():
+    return [
+        {"provider": p.provider, "model": p.model, **{f: (None if getattr(p, f) is None else str(getattr(p, f))) for f in PRICE_FIELDS}}
+        for p in PriceOverride.select().order_by(PriceOverride.provider, PriceOverride.model)
+    ]
+
+
+def set_price_override(provider, model, values):
+    if not provider or not model:
+        raise AdminError(400, "'provider' and 'model' are required.")
+    parsed = {}
+    for f in PRICE_FIELDS:
+        if values.get(f) not in (None, ""):
+            parsed[f] = parse_amount(values[f], f)
+            if parsed[f] < 0:
+                raise AdminError(400, f"'{f}' must not be negative.")
+    if not parsed:
+        raise AdminError(400, "Give at least one of: " + ", ".join(PRICE_FIELDS) + ".")
+    with database.atomic():
+        PriceOverride.delete().where((PriceOverride.provider == provider) & (PriceOverride.model == model)).execute()
+        PriceOverride.create(provider=provider, model=model, **parsed)
+    return {"provider": provider, "model": model, **{k: str(v) for k, v in parsed.items()}}
+
+
+def delete_price_override(provider, model):
+    PriceOverride.delete().where((PriceOverride.provider == provider) & (PriceOverride.model == model)).execute()
+
+
+def list_gates():
+    return [{"id": g.id, "provider": g.provider, "route": g.route, "skill": g.skill} for g in Gate.select().order_by(Gate.id)]
+
+
+def set_gate(provider, route, skill):
+    if not provider or not isinstance(skill, str) or not skill.strip():
+        raise AdminError(400, "'provider' and 'skill' are required.")
+    route = route or ""
+    with database.atomic():
+        Gate.delete().where((Gate.provider == provider) & (Gate.route == route)).execute()
+        gate = Gate.create(provider=provider, route=route, skill=skill.strip())
+    return {"id": gate.id, "provider": provider, "route": route, "skill": gate.skill}
+
+
+def delete_gate(gate_id):
+    deleted = Gate.delete().where(Gate.id == int(gate_id)).execute()
+    if not deleted:
+        raise AdminError(404, f"No gate with id {gate_id}.")

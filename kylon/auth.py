@@ -1,0 +1,226 @@
+"""Kylon keys: generation, hashing, and the in-memory cache the proxy path reads.
+
+Keys are `pak_` + 43 URL-safe characters (256 random bits). Only their SHA-256
+is stored: the key has full entropy, so a slow password hash would only add
+latency to every call. Proxy calls read keys, skills and balances from
+`AccountCache`; a miss is looked up on the database thread, and a background
+refresh re-reads every cached entry every `cache_refresh_seconds`, which bounds
+how long a revocation or a skill change made by another process takes here.
+"""
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from .billing import load_price_overrides
+from .models import Agent, AgentSkill, ApiKey, Gate, utcnow
+
+log = logging.getLogger("kylon.auth")
+
+KEY_PREFIX = "pak_"
+# Unknown keys are remembered briefly so a flood of bad keys cannot turn into a
+# flood of database queries.
+NEGATIVE_TTL = 5.0
+NEGATIVE_MAX = 10000
+
+
+def generate_key():
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_display_prefix(key: str) -> str:
+    return key[: len(KEY_PREFIX) + 8]
+
+
+@dataclass
+class KeyEntry:
+    key_id: int
+    agent_id: int
+    expires_at: object  # naive UTC datetime or None
+    revoked: bool
+
+
+@dataclass
+class AgentEntry:
+    agent_id: int
+    name: str
+    skills: frozenset
+    db_balance: Decimal
+    # Debits charged here but not yet written to the database.
+    unflushed: Decimal = Decimal(0)
+
+    @property
+    def balance(self):
+        return self.db_balance - self.unflushed
+
+
+@dataclass
+class GateTable:
+    # (provider, route prefix) -> skill; route "" covers the whole provider.
+    rules: dict = field(default_factory=dict)
+
+    def required_skill(self, provider, path):
+        best = None
+        for (gate_provider, route), skill in self.rules.items():
+            if gate_provider != provider:
+                continue
+            if route == "" or path == route or path.startswith(route.rstrip("/") + "/"):
+                if best is None or len(route) > len(best[0]):
+                    best = (route, skill)
+        return best[1] if best else None
+
+
+def _load_keys(hashes):
+    rows = list(ApiKey.select().where(ApiKey.key_hash.in_(list(hashes))))
+    return {r.key_hash: KeyEntry(r.id, r.agent_id, r.expires_at, r.revoked_at is not None) for r in rows}
+
+
+def _load_agents(agent_ids):
+    agents = {}
+    for a in Agent.select().where(Agent.id.in_(list(agent_ids))):
+        agents[a.id] = AgentEntry(a.id, a.name, frozenset(), a.credits)
+    skills = {}
+    for s in AgentSkill.select().where(AgentSkill.agent.in_(list(agent_ids))):
+        skills.setdefault(s.agent_id, set()).add(s.skill)
+    for agent_id, entry in agents.items():
+        entry.skills = frozenset(skills.get(agent_id, ()))
+    return agents
+
+
+def _load_gates():
+    return {(g.provider, g.route): g.skill for g in Gate.select()}
+
+
+def _touch_keys(key_ids):
+    ApiKey.update(last_used_at=utcnow()).where(ApiKey.id.in_(list(key_ids))).execute()
+
+
+class AccountCache:
+    def __init__(self, db_worker, pricebook, refresh_seconds=2.0):
+        self.db = db_worker
+        self.pricebook = pricebook
+        self.refresh_seconds = refresh_seconds
+        self.keys = {}  # key hash -> KeyEntry
+        self.agents = {}  # agent id -> AgentEntry
+        self.gates = GateTable()
+        self._unknown = {}  # key hash -> time it was found unknown
+        self._used_keys = set()
+        self._task = None
+
+    # -- proxy path -------------------------------------------------------
+    async def lookup(self, key):
+        """(KeyEntry, AgentEntry) for a valid key, or (None, reason)."""
+        if not key or not key.startswith(KEY_PREFIX) or len(key) > 200:
+            return None, "invalid"
+        digest = hash_key(key)
+        entry = self.keys.get(digest)
+        if entry is None:
+            seen = self._unknown.get(digest)
+            if seen is not None and time.monotonic() - seen < NEGATIVE_TTL:
+                return None, "invalid"
+            found = await self.db.run(_load_keys, [digest])
+            entry = found.get(digest)
+            if entry is None:
+                if len(self._unknown) >= NEGATIVE_MAX:
+                    self._unknown.clear()
+                self._unknown[digest] = time.monotonic()
+                return None, "invalid"
+            if entry.agent_id not in self.agents:
+                self.agents.update(await self.db.run(_load_agents, [entry.agent_id]))
+            self.keys[digest] = entry
+        if entry.revoked:
+            return None, "revoked"
+        if entry.expires_at is not None and entry.expires_at <= utcnow():
+            return None, "expired"
+        agent = self.agents.get(entry.agent_id)
+        if agent is None:
+            return None, "invalid"
+        self._used_keys.add(entry.key_id)
+        return entry, agent
+
+    def charge(self, agent_id, credits):
+        """A debit handed to the usage writer: seen at once in the cached balance."""
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.unflushed += credits
+
+    def charged_written(self, agent_id, credits):
+        """The usage writer committed that debit: it is now in db_balance's source."""
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.unflushed -= credits
+
+    # -- changes made by this process's admin API: effective at once --------
+    def forget_key(self, key_hash):
+        self.keys.pop(key_hash, None)
+
+    def revoke_key_id(self, key_id):
+        for entry in self.keys.values():
+            if entry.key_id == key_id:
+                entry.revoked = True
+
+    def update_agent(self, agent_id, skills=None, db_balance=None):
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return
+        if skills is not None:
+            agent.skills = frozenset(skills)
+        if db_balance is not None:
+            # The admin read the balance after its own committed change; the
+            # writer may still hold debits for this agent, which stay unflushed.
+            agent.db_balance = db_balance
+
+    def set_gates(self, rules):
+        self.gates = GateTable(dict(rules))
+
+    # -- background refresh ------------------------------------------------
+    async def refresh(self):
+        hashes = list(self.keys)
+        agent_ids = {e.agent_id for e in self.keys.values()} | set(self.agents)
+        used, self._used_keys = self._used_keys, set()
+
+        def work():
+            if used:
+                _touch_keys(used)
+            keys = _load_keys(hashes) if hashes else {}
+            agents = _load_agents(agent_ids) if agent_ids else {}
+            return keys, agents, _load_gates(), load_price_overrides()
+
+        keys, agents, gates, prices = await self.db.run(work)
+        self.pricebook.overrides = prices
+        # Keys deleted from the database disappear; the rest are replaced.
+        for digest in hashes:
+            if digest in keys:
+                self.keys[digest] = keys[digest]
+            else:
+                self.keys.pop(digest, None)
+        for agent_id, fresh in agents.items():
+            current = self.agents.get(agent_id)
+            if current is not None:
+                fresh.unflushed = current.unflushed
+            self.agents[agent_id] = fresh
+        self.gates = GateTable(gates)
+
+    def start(self):
+        self._task = asyncio.ensure_future(self._refresh_loop())
+
+    async def _refresh_loop(self):
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await self.refresh()
+            except Exception as e:  # the database may be away for a while
+                log.warning("cache refresh failed: %s", e)
+
+    def stop(self):
+        if self._task is not None:
+            self._task.cancel()
+

@@ -1,0 +1,223 @@
+"""The admin JSON API under /admin/api (SPEC §10), `Authorization: Bearer <admin token>`.
+
+Each handler runs its work on the database thread (kylon/admin.py) and tells
+the in-process caches about it at once, so a revocation or a skill change made
+here applies to the very next proxy call.
+"""
+
+import hashlib
+import hmac
+import json
+from decimal import Decimal
+
+from .. import admin
+from ..billing import load_price_overrides
+from ..admin import AdminError
+from .base import BaseHandler
+
+
+def token_hash(token):
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class AdminAPIHandler(BaseHandler):
+    def prepare(self):
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = self.services.admin_token_hash
+        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token_hash(token.strip()), expected):
+            self.send_kylon_error(401, "Admin API needs 'Authorization: Bearer <admin token>'.")
+
+    def json_body(self):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise AdminError(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            raise AdminError(400, "The request body must be a JSON object.")
+        return body
+
+    async def call(self, fn, *args, status=200, **kwargs):
+        """Run an admin function on the database thread and answer with its result."""
+        try:
+            result = await self.services.db.run(fn, *args, **kwargs)
+        except AdminError as e:
+            self.send_kylon_error(e.status, e.message)
+            return None
+        if status == 204:
+            self.set_status(204)
+            self.finish()
+        else:
+            self.write_json(result, status)
+        return result
+
+    async def run(self, coroutine_fn):
+        try:
+            await coroutine_fn()
+        except AdminError as e:
+            self.send_kylon_error(e.status, e.message)
+
+
+class AgentsHandler(AdminAPIHandler):
+    async def get(self):
+        await self.call(lambda: {"data": admin.list_agents()})
+
+    async def post(self):
+        async def work():
+            body = self.json_body()
+            await self.call(
+                admin.create_agent, body.get("name"), body.get("skills") or [], body.get("credits") or 0, status=201
+            )
+
+        await self.run(work)
+
+
+class AgentHandler(AdminAPIHandler):
+    async def get(self, agent_id):
+        await self.call(admin.agent_detail, agent_id)
+
+    async def patch(self, agent_id):
+        async def work():
+            body = self.json_body()
+            result = await self.call(admin.update_agent, agent_id, body.get("name"), body.get("skills"))
+            if result is not None:
+                self.services.cache.update_agent(result["id"], skills=result["skills"])
+
+        await self.run(work)
+
+
+class CreditsHandler(AdminAPIHandler):
+    async def post(self, agent_id):
+        async def work():
+            body = self.json_body()
+            result = await self.call(admin.adjust_credits, agent_id, body.get("amount"), body.get("note") or "")
+            if result is not None:
+                self.services.cache.update_agent(result["id"], db_balance=Decimal(result["credits"]))
+
+        await self.run(work)
+
+    async def get(self, agent_id):
+        await self.call(lambda: {"data": admin.ledger(agent_id)})
+
+
+class AgentKeysHandler(AdminAPIHandler):
+    async def post(self, agent_id):
+        async def work():
+            body = self.json_body()
+            await self.call(admin.create_key, agent_id, body.get("name") or "", body.get("expires_at"), status=201)
+
+        await self.run(work)
+
+    async def get(self, agent_id):
+        await self.call(lambda: {"data": admin.list_keys(agent_id)})
+
+
+class KeyHandler(AdminAPIHandler):
+    async def delete(self, key_id):
+        try:
+            result, key_hash = await self.services.db.run(admin.revoke_key, key_id)
+        except AdminError as e:
+            return self.send_kylon_error(e.status, e.message)
+        self.services.cache.revoke_key_id(result["id"])
+        self.write_json(result)
+
+
+class KeysHandler(AdminAPIHandler):
+    async def get(self):
+        await self.call(lambda: {"data": admin.list_keys(self.get_argument("agent_id", None))})
+
+
+class UsageHandler(AdminAPIHandler):
+    async def get(self):
+        filters = {k: self.get_argument(k, None) for k in ("agent_id", "key_id", "provider", "status", "model", "route", "request_id", "since", "until")}
+        limit = self.get_argument("limit", "100")
+        offset = self.get_argument("offset", "0")
+        if not (limit.isdigit() and offset.isdigit()):
+            return self.send_kylon_error(400, "'limit' and 'offset' must be whole numbers.")
+        await self.call(
+            lambda: {"data": admin.list_usage(filters, int(limit), int(offset)), "totals": admin.usage_totals(filters)}
+        )
+
+
+class PricesHandler(AdminAPIHandler):
+    async def get(self):
+        book = self.services.pricebook
+
+        def listing():
+            defaults = [
+                {"provider": provider, "model": model, "input": str(p.input), "output": str(p.output),
+                 "cached_input": None if p.cached_input is None else str(p.cached_input),
+                 "cache_write": None if p.cache_write is None else str(p.cache_write), "per_unit": str(p.per_unit)}
+                for provider, table in sorted(book.defaults.items())
+                for model, p in sorted(table.items())
+            ]
+            return {"defaults": defaults, "overrides": admin.list_price_overrides()}
+
+        await self.call(listing)
+
+    async def put(self):
+        async def work():
+            body = self.json_body()
+            result = await self.call(admin.set_price_override, body.get("provider"), body.get("model"), body)
+            if result is not None:
+                self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+
+        await self.run(work)
+
+    async def delete(self):
+        provider, model = self.get_argument("provider", ""), self.get_argument("model", "")
+        await self.services.db.run(admin.delete_price_override, provider, model)
+        self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+        self.set_status(204)
+        self.finish()
+
+
+class GatesHandler(AdminAPIHandler):
+    async def get(self):
+        await self.call(lambda: {"data": admin.list_gates()})
+
+    async def put(self):
+        async def work():
+            body = self.json_body()
+            result = await self.call(admin.set_gate, body.get("provider"), body.get("route") or "", body.get("skill"))
+            if result is not None:
+                await self.services.cache.refresh()
+
+        await self.run(work)
+
+
+class GateHandler(AdminAPIHandler):
+    async def delete(self, gate_id):
+        async def work():
+            await self.call(admin.delete_gate, gate_id, status=204)
+            await self.services.cache.refresh()
+
+        await self.run(work)
+
+
+class ProvidersHandler(AdminAPIHandler):
+    def get(self):
+        self.write_json(
+            {
+                "data": [
+                    {"name": p.name, "configured": p.configured, "base_url": p.base_url,
+                     "credential": p.api_key_env}
+                    for p in self.services.providers.values()
+                ]
+            }
+        )
+
+
+default_handlers = [
+    (r"/admin/api/agents", AgentsHandler),
+    (r"/admin/api/agents/([0-9]+)", AgentHandler),
+    (r"/admin/api/agents/([0-9]+)/credits", CreditsHandler),
+    (r"/admin/api/agents/([0-9]+)/keys", AgentKeysHandler),
+    (r"/admin/api/keys", KeysHandler),
+    (r"/admin/api/keys/([0-9]+)", KeyHandler),
+    (r"/admin/api/usage", UsageHandler),
+    (r"/admin/api/prices", PricesHandler),
+    (r"/admin/api/gates", GatesHandler),
+    (r"/admin/api/gates/([0-9]+)", GateHandler),
+    (r"/admin/api/providers", ProvidersHandler),
+]

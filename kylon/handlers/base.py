@@ -1,0 +1,69 @@
+"""The handler every Kylon handler derives from: request id, JSON errors in the
+route's provider shape, and the services (database worker, caches) of the app."""
+
+import json
+import logging
+import secrets
+
+import tornado.web
+
+from ..errors import error_body
+
+log = logging.getLogger("kylon.web")
+
+
+def new_request_id():
+    return "req_" + secrets.token_hex(12)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    # Shape of Kylon's own errors on this handler (see errors.py).
+    error_style = "openai"
+
+    def set_default_headers(self):
+        # clear() (send_error) calls this again: keep one id per request.
+        if not hasattr(self, "request_id"):
+            self.request_id = new_request_id()
+        self.set_header("x-kylon-request-id", self.request_id)
+        self.set_header("Content-Type", "application/json")
+
+    @property
+    def services(self):
+        return self.application.settings["kylon"]
+
+    def check_xsrf_cookie(self):
+        # Proxy and API calls authenticate with a header, never a cookie, so a
+        # cross-site form cannot forge them. The admin pages check XSRF again.
+        pass
+
+    def compute_etag(self):
+        return None
+
+    def write_json(self, value, status=200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value, default=str))
+
+    def send_kylon_error(self, status, message, code=None):
+        """Finish with one of Kylon's own errors, in the route's provider shape."""
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(self.error_style, status, message, code)))
+
+    def write_error(self, status_code, **kwargs):
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "Internal error in Kylon (request id %s)" % self.request_id
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(self.error_style, status_code, message)))
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self):
+        self.send_kylon_error(404, "No such route: %s" % self.request.path)

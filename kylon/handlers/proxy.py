@@ -1,0 +1,368 @@
+"""One handler for every provider route under /proxy/<provider>/…
+
+The order of a call: find the provider and route → authenticate the Kylon key
+(401) → provider configured (503) → gate (403) → credits (402) → body size
+(413) → read and check the body (400) → forward with the operator's
+credential → relay the answer as it arrives while the meter reads usage →
+bill → hand the usage record to the batching writer. Every call that got past
+authentication leaves exactly one usage record, whatever happens after.
+"""
+
+import json
+import logging
+import re
+import time
+
+import tornado.web
+
+from .. import metrics, relay
+from ..billing import Usage, credits_for
+from ..meter import ResponseMeter, settle_usage
+from ..models import utcnow
+from ..providers import Exchange
+from .base import BaseHandler
+
+log = logging.getLogger("kylon.proxy")
+
+# Client headers that never go upstream, whatever the provider: every place a
+# Kylon key can travel, cookies, compression (Kylon reads the answer to bill
+# it, so it asks for it plain), and the client's addresses.
+NEVER_FORWARD = frozenset(
+    "authorization x-api-key x-goog-api-key xi-api-key cookie accept-encoding "
+    "forwarded x-forwarded-for x-forwarded-host x-forwarded-proto x-real-ip".split()
+)
+
+
+# A path under /proxy/<provider> may only name the provider's own API: no dot
+# segments, no encoded slashes, dots or backslashes, no empty segments (which
+# could make "//host" an authority). Checked on the raw path; the upstream URL
+# is always base URL + this path, so nothing else can pick the host.
+_UNSAFE_PATH = re.compile(r"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\|//|%00|%0d|%0a", re.IGNORECASE)
+
+
+def safe_path(path):
+    return not _UNSAFE_PATH.search(path)
+
+
+def status_class(status):
+    return f"{status // 100}xx" if status else "none"
+
+
+@tornado.web.stream_request_body
+class ProxyHandler(BaseHandler):
+    def initialize(self):
+        self.provider = None
+        self.route = None
+        self.key = None
+        self.agent = None
+        self.exchange = None
+        self.call = None
+        self.client_gone = False
+        self.recorded = False
+        self.body_chunks = []
+        self.body_size = 0
+        self.started_at = utcnow()
+        self.t0 = time.monotonic()
+        self.first_byte_at = None
+        self.headers_sent = False
+        self.streaming = False
+        self.meter = None
+        self.interrupted = False
+
+    # -- admission ----------------------------------------------------------
+    async def prepare(self):
+        services = self.services
+        name = self.path_args[0]
+        # The path as the client sent it, still percent-encoded: it goes
+        # upstream as is (Tornado's path_args are decoded).
+        path = self.request.path[len("/proxy/") + len(name) :]
+        provider = services.providers.get(name)
+        if provider is None:
+            return self.send_kylon_error(404, f"Unknown provider '{name}'.")
+        self.provider = provider
+        self.error_style = provider.error_style
+        route, allowed = provider.match(path, self.request.method)
+        key_entry, agent = await services.cache.lookup(provider.client_key(self.request))
+        if key_entry is None:
+            return self.reject_unauthenticated(agent)
+        self.key, self.agent = key_entry, agent
+        self.route = route
+        self.exchange = Exchange(
+            request_id=self.request_id,
+            route=route,
+            path=path,
+            query=provider.upstream_query(self.request.query),
+        )
+        services.open_calls.add(self)
+        if not safe_path(path):
+            return self.reject(400, "Invalid path: it must stay within the provider's API.", reason="path")
+        if route is None and not allowed:
+            return self.reject(404, f"No such {provider.name} route: {path or '/'}.")
+        if not allowed:
+            return self.reject(405, f"Method {self.request.method} is not allowed on {path}.")
+        if not provider.configured:
+            return self.reject(503, provider.missing_configuration(), reason="not_configured")
+        skill = services.cache.gates.required_skill(provider.name, path)
+        if skill and skill not in agent.skills:
+            return self.reject(
+                403, f"This agent lacks the skill '{skill}', which {provider.name} requires.", reason="gate"
+            )
+        if agent.balance <= 0:
+            return self.reject(402, "Out of credits: this agent's balance is not positive.", reason="credits")
+        declared = self.request.headers.get("Content-Length")
+        limit = services.settings.max_body_bytes
+        if declared is not None:
+            try:
+                too_large = int(declared) > limit
+            except ValueError:
+                return self.reject(400, "Invalid Content-Length header.")
+            if too_large:
+                return self.reject(413, f"Request body larger than {limit} bytes.", reason="too_large")
+        self.request.connection.set_max_body_size(limit)
+
+    def reject_unauthenticated(self, reason):
+        metrics.REJECTED.labels(self.provider.name, "key").inc()
+        detail = {"revoked": "has been revoked", "expired": "has expired"}.get(reason)
+        if detail:
+            message = f"This Kylon API key {detail}."
+        elif self.provider.client_key(self.request):
+            message = "Invalid Kylon API key."
+        else:
+            message = "Missing Kylon API key."
+        self.send_kylon_error(401, message)
+
+    def reject(self, status, message, reason="bad_request"):
+        """Refuse an authenticated call before it goes upstream; it is recorded."""
+        metrics.REJECTED.labels(self.provider.name, reason).inc()
+        self.send_kylon_error(status, message)
+        self.record("rejected", status, Usage(), error=message)
+
+    def data_received(self, chunk):
+        if self._finished:
+            return
+        self.body_size += len(chunk)
+        if self.body_size > self.services.settings.max_body_bytes:
+            self.reject(413, "Request body too large.", reason="too_large")
+            self.body_chunks = []
+            return
+        self.body_chunks.append(chunk)
+
+    # -- the call -----------------------------------------------------------
+    async def get(self, *args):
+        await self.forward()
+
+    post = put = patch = delete = head = options = get
+
+    async def forward(self):
+        if self._finished:
+            return
+        exchange = self.exchange
+        provider = self.provider
+        body = b"".join(self.body_chunks)
+        self.body_chunks = None
+        exchange.request_bytes = len(body)
+        route = self.route
+        if route is not None and route.body == "json":
+            try:
+                request_json = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as e:
+                return self.reject(400, f"The request body is not valid JSON: {e}")
+            if not isinstance(request_json, dict):
+                return self.reject(400, "The request body must be a JSON object.")
+            exchange.request_json = request_json
+            model = request_json.get("model")
+            exchange.model = model if isinstance(model, str) else ""
+            exchange.stream = request_json.get("stream") is True
+            if route.rewrite is not None and route.rewrite(exchange, request_json):
+                body = json.dumps(request_json, ensure_ascii=False).encode("utf-8")
+        body = provider.prepare_request(exchange, body)
+        headers = self.upstream_headers()
+        self.meter = ResponseMeter(exchange) if route is not None else None
+        settings = self.services.settings
+        method = self.request.method
+        self.call = relay.UpstreamCall(
+            method,
+            provider.upstream_url(exchange),
+            headers,
+            body if (body or method in ("POST", "PUT", "PATCH")) else None,
+            on_headers=self.upstream_headers_arrived,
+            on_chunk=self.upstream_chunk,
+            connect_timeout=settings.connect_timeout,
+            first_byte_timeout=settings.first_byte_timeout,
+            idle_timeout=settings.idle_timeout,
+        )
+        if self.client_gone or self.interrupted:
+            self.call.cancel()
+        outcome = await self.call.run()
+        self.finish_call(outcome)
+
+    def upstream_headers(self):
+        provider = self.provider
+        drop = NEVER_FORWARD | set(provider.client_key_headers) | set(provider.drop_request_headers)
+        headers = relay.filter_headers(self.request.headers, drop)
+        for name, value in provider.auth_headers().items():
+            headers[name] = value
+        return headers
+
+    def upstream_headers_arrived(self, status, headers):
+        self.first_byte_at = time.monotonic()
+        self.exchange.response_headers = headers
+        if self.meter is not None:
+            self.meter.on_headers(status, headers)
+        usage = self.provider.usage_from_headers(self.exchange, headers)
+        if usage is not None:
+            self.exchange.usage = usage
+        if self.client_gone:
+            return
+        self.clear()
+        self.set_status(status, self.call.reason or None)
+        self._headers.pop("Content-Type", None)
+        drop = set(self.provider.drop_response_headers)
+        seen = set()
+        for name, value in relay.filter_headers(headers, drop).get_all():
+            if name.lower() in ("date", "server"):
+                continue
+            if name in seen:
+                self.add_header(name, value)
+            else:
+                self.set_header(name, value)
+                seen.add(name)
+        self.set_header("x-kylon-request-id", self.request_id)
+        self.set_header("X-Accel-Buffering", "no")
+        self.streaming = "text/event-stream" in (headers.get("Content-Type") or "")
+        if self.streaming:
+            metrics.ACTIVE_STREAMS.labels(self.provider.name).inc()
+        self.headers_sent = True
+        self.flush()
+
+    def upstream_chunk(self, chunk):
+        out = self.meter.feed(chunk) if self.meter is not None else chunk
+        if out and not self.client_gone:
+            self.write(out)
+            self.flush()
+
+    def finish_call(self, outcome):
+        exchange = self.exchange
+        call = self.call
+        status = call.status or 0
+        tail = self.meter.close() if self.meter is not None else b""
+        if self.streaming:
+            metrics.ACTIVE_STREAMS.labels(self.provider.name).dec()
+        label = (self.provider.name, self.route_name)
+        if self.interrupted and not self.client_gone:
+            usage = settle_usage(exchange, finished=outcome == relay.COMPLETED)
+            if self.headers_sent:
+                self.finish()
+            else:
+                self.send_kylon_error(503, "Kylon is shutting down.")
+            self.record("interrupted", status or 503, usage, error="shutdown")
+            return
+        if self.client_gone or outcome == relay.CANCELLED:
+            metrics.CLIENT_DISCONNECTS.labels(*label).inc()
+            usage = settle_usage(exchange, finished=outcome == relay.COMPLETED)
+            self.record("disconnected", status or 499, usage)
+            return
+        if outcome == relay.COMPLETED:
+            if tail:
+                self.write(tail)
+            self.finish()
+            if status >= 400:
+                kind = "http_4xx" if status < 500 else "http_5xx"
+                metrics.UPSTREAM_ERRORS.labels(*label, kind).inc()
+                self.record("upstream_error", status, Usage(), error=f"upstream answered {status}")
+            else:
+                self.record("completed", status, settle_usage(exchange, finished=True))
+            return
+        metrics.UPSTREAM_ERRORS.labels(*label, outcome).inc()
+        error = call.error or outcome
+        if not self.headers_sent:
+            code = 504 if outcome == relay.TIMEOUT else 502
+            message = {
+                relay.TIMEOUT: "The upstream did not answer in time.",
+                relay.UNREACHABLE: "The upstream could not be reached.",
+            }.get(outcome, "The upstream connection failed.")
+            self.send_kylon_error(code, message)
+            self.record("error", code, settle_usage(exchange, finished=False), error=error)
+        else:
+            # Mid-answer failure: the status line is gone; end the body so the
+            # client sees a truncated answer rather than a hang.
+            self.finish()
+            self.record("error", status, settle_usage(exchange, finished=False), error=error)
+
+    @property
+    def route_name(self):
+        return self.route.name if self.route is not None else "passthrough"
+
+    # -- bookkeeping ---------------------------------------------------------
+    def on_connection_close(self):
+        self.client_gone = True
+        if self.call is not None:
+            self.call.cancel()
+
+    def interrupt(self):
+        """Shutdown's grace period is over: cut this call (recorded as interrupted)."""
+        self.interrupted = True
+        if self.call is not None:
+            self.call.cancel()
+
+    def on_finish(self):
+        self.services.open_calls.discard(self)
+
+    def record(self, status, http_status, usage, error=""):
+        """The call's one usage record, priced and handed to the batch writer."""
+        if self.recorded or self.agent is None:
+            return
+        self.recorded = True
+        self.services.open_calls.discard(self)
+        services = self.services
+        provider = self.provider
+        exchange = self.exchange
+        model = exchange.model if exchange is not None else ""
+        price, fallback = services.pricebook.price(provider.name, model)
+        credits = credits_for(usage, price)
+        now = time.monotonic()
+        ttfb = None if self.first_byte_at is None else self.first_byte_at - self.t0
+        route = self.route_name
+        metrics.REQUESTS.labels(provider.name, route, status_class(http_status)).inc()
+        metrics.REQUEST_DURATION.labels(provider.name, route).observe(now - self.t0)
+        if ttfb is not None:
+            metrics.TIME_TO_FIRST_BYTE.labels(provider.name, route).observe(ttfb)
+        model_label = model if services.pricebook.known_model(provider.name, model) else "other"
+        for kind in ("input", "cached_input", "cache_write", "output", "reasoning"):
+            count = getattr(usage, kind + "_tokens")
+            if count:
+                metrics.TOKENS.labels(provider.name, model_label, kind).inc(count)
+        if usage.units:
+            metrics.UNITS.labels(provider.name, model_label, usage.unit).inc(float(usage.units))
+        if credits:
+            metrics.CREDITS.labels(provider.name, model_label).inc(float(credits))
+        services.writer.add(
+            {
+                "request_id": self.request_id,
+                "agent_id": self.agent.agent_id,
+                "key_id": self.key.key_id,
+                "provider": provider.name,
+                "route": route if self.route is not None else (exchange.path if exchange else "")[:200],
+                "model": (model or "")[:200],
+                "stream": bool(exchange and exchange.stream),
+                "status": status,
+                "http_status": http_status,
+                "input_tokens": usage.input_tokens,
+                "cached_input_tokens": usage.cached_input_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
+                "output_tokens": usage.output_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "unit": usage.unit,
+                "units": usage.units,
+                "credits": credits,
+                "estimated": usage.estimated,
+                "fallback_price": fallback and not usage.empty and usage.reported_cost is None,
+                "error": (error or "")[:500],
+                "started_at": self.started_at,
+                "duration_ms": int((now - self.t0) * 1000),
+                "ttfb_ms": None if ttfb is None else int(ttfb * 1000),
+            }
+        )
+
+
+default_handlers = [(r"/proxy/([^/]+)(/.*)?", ProxyHandler)]

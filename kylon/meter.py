@@ -1,0 +1,102 @@
+"""Watches an upstream answer go by: reads its usage, and decides which bytes
+go on to the client. Shared by every provider; the provider's route supplies
+`read_usage` (a JSON body) and `on_event` (one SSE event).
+
+SSE answers are scanned event by event as they arrive (only the unfinished tail
+is kept); JSON answers are kept until they end, up to a cap, to read their
+usage; anything else (audio) passes through without being kept.
+"""
+
+import json
+import math
+
+from .billing import Usage
+from .sse import SSEScanner
+
+# A JSON answer larger than this is relayed but not parsed for usage.
+JSON_BODY_CAP = 64 * 1024 * 1024
+
+
+class ResponseMeter:
+    __slots__ = ("exchange", "route", "status", "scanner", "filtering", "body", "body_size", "json_body")
+
+    def __init__(self, exchange):
+        self.exchange = exchange
+        self.route = exchange.route
+        self.status = None
+        self.scanner = None
+        self.filtering = False
+        self.body = None
+        self.body_size = 0
+        self.json_body = False
+
+    def on_headers(self, status, headers):
+        self.status = status
+        content_type = (headers.get("Content-Type") or "").lower()
+        route = self.route
+        if route is None:
+            return
+        if "text/event-stream" in content_type and route.on_event is not None:
+            self.scanner = SSEScanner()
+            self.filtering = self.exchange.hide_usage_chunk or route.filters_stream
+        elif "json" in content_type and route.read_usage is not None and status < 400:
+            self.json_body = True
+            self.body = []
+
+    def feed(self, chunk):
+        """The bytes of `chunk` that go on to the client."""
+        if self.scanner is not None:
+            on_event = self.route.on_event
+            exchange = self.exchange
+            if not self.filtering:
+                for event in self.scanner.feed(chunk):
+                    on_event(exchange, event)
+                return chunk
+            kept = [event.raw for event in self.scanner.feed(chunk) if on_event(exchange, event)]
+            return b"".join(kept)
+        if self.json_body:
+            self.body_size += len(chunk)
+            if self.body_size <= JSON_BODY_CAP:
+                self.body.append(chunk)
+            else:
+                self.body = None
+                self.json_body = False
+        return chunk
+
+    def close(self):
+        """At the end of the answer: the last bytes for the client, if any;
+        usage read from a JSON body lands on the exchange."""
+        exchange = self.exchange
+        if self.scanner is not None:
+            tail = [e.raw for e in self.scanner.close() if self.route.on_event(exchange, e)]
+            return b"".join(tail) if self.filtering else b""
+        if self.json_body and self.body is not None:
+            try:
+                parsed = json.loads(b"".join(self.body))
+            except (ValueError, UnicodeDecodeError):
+                parsed = None
+            if isinstance(parsed, dict):
+                usage = self.route.read_usage(parsed)
+                if usage is not None:
+                    exchange.usage = usage
+                    exchange.usage_final = True
+        return b""
+
+
+def settle_usage(exchange, finished):
+    """The usage to bill. When the provider gave no figure, or the answer was cut
+    before its final figure, Kylon estimates (and says so): input from the size
+    of the request (about 4 bytes a token), output one token per streamed
+    content event."""
+    usage = exchange.usage
+    if usage is not None and (exchange.usage_final or finished):
+        return usage
+    estimated_input = math.ceil(exchange.request_bytes / 4)
+    if usage is None:
+        return Usage(input_tokens=estimated_input, output_tokens=exchange.output_events, estimated=True)
+    # Partial figures (Anthropic's message_start gives input, not the final output).
+    usage.output_tokens = max(usage.output_tokens, exchange.output_events)
+    if not usage.input_tokens:
+        usage.input_tokens = estimated_input
+    usage.estimated = True
+    return usage

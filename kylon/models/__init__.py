@@ -1,0 +1,28 @@
+"""Peewee models and the database binding.
+
+`open_database(url)` binds the models to the database named by a
+`playhouse.db_url` URL and creates missing tables.
+"""
+
+from playhouse.db_url import connect
+
+from .base import database, CreditsField, to_nano, from_nano, utcnow, NANO as NANO_QUANTUM
+from .account import Agent, AgentSkill, ApiKey, CreditLedger, Gate
+from .usage import UsageRecord
+from .pricing import PriceOverride, Setting
+
+ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting]
+
+
+def open_database(url):
+    kwargs = {}
+    if url.startswith("sqlite"):
+        # WAL lets readers (admin pages, tests) run beside the usage writer.
+        kwargs["pragmas"] = {"journal_mode": "wal", "busy_timeout": 5000, "foreign_keys": 1}
+    elif url.startswith("mysql"):
+        kwargs["charset"] = "utf8mb4"
+    db = connect(url, **kwargs)
+    database.initialize(db)
+    with db.connection_context():
+        db.create_tables(ALL_MODELS, safe=True)
+    return db

@@ -1,0 +1,35 @@
+"""One row per authenticated proxy call."""
+
+import peewee
+
+from .base import BaseModel, CreditsField
+
+
+class UsageRecord(BaseModel):
+    request_id = peewee.CharField(max_length=40, unique=True)
+    agent_id = peewee.IntegerField(index=True)
+    key_id = peewee.IntegerField(null=True)
+    provider = peewee.CharField(max_length=50)
+    route = peewee.CharField(max_length=200)
+    model = peewee.CharField(max_length=200, default="")
+    stream = peewee.BooleanField(default=False)
+    # completed, upstream_error, disconnected, rejected, error, interrupted
+    status = peewee.CharField(max_length=20)
+    http_status = peewee.IntegerField(null=True)
+    input_tokens = peewee.BigIntegerField(default=0)
+    cached_input_tokens = peewee.BigIntegerField(default=0)
+    cache_write_tokens = peewee.BigIntegerField(default=0)
+    output_tokens = peewee.BigIntegerField(default=0)
+    reasoning_tokens = peewee.BigIntegerField(default=0)
+    # Non-token units: images, characters, seconds (unit names what `units` counts).
+    unit = peewee.CharField(max_length=20, default="")
+    units = peewee.DecimalField(max_digits=20, decimal_places=6, default=0, auto_round=True)
+    credits = CreditsField(default=0)
+    # True when any figure above is Kylon's estimate, not the provider's report.
+    estimated = peewee.BooleanField(default=False)
+    # True when the model had no price of its own and the provider's fallback was used.
+    fallback_price = peewee.BooleanField(default=False)
+    error = peewee.CharField(max_length=500, default="")
+    started_at = peewee.DateTimeField(index=True)
+    duration_ms = peewee.IntegerField(default=0)
+    ttfb_ms = peewee.IntegerField(null=True)

@@ -1,0 +1,169 @@
+"""What a provider module declares, and the shared machinery that reads it.
+
+A provider module defines one `Provider` subclass instance named `provider`:
+its name (the `/proxy/<name>` prefix), where its credential comes from, its
+base URL and API path, its routes, how to read usage from a response body and
+from stream events, its default prices and its error shape. The relay,
+metering and billing are shared by all providers.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..billing import Price, Usage
+
+
+@dataclass
+class Route:
+    """One upstream API call a provider offers.
+
+    path: a regular expression matched against the path after `/proxy/<name>`.
+    name: the route's label in usage records and metrics.
+    body: "json" (parsed: model, stream flag, rewrites) or "raw" (opaque bytes).
+    read_usage: parsed JSON response body -> Usage (non-streaming answers).
+    on_event: (Exchange, sse.Event) -> bool, called for every SSE event of a
+        streamed answer; it records usage on the Exchange and says whether the
+        event goes on to the client.
+    rewrite: (Exchange, request JSON) -> True when it changed the request.
+    """
+
+    path: str
+    name: str
+    methods: tuple = ("POST",)
+    body: str = "json"
+    read_usage: Callable | None = None
+    on_event: Callable | None = None
+    rewrite: Callable | None = None
+    # Default credits held for a call of this route (for routes with no max tokens).
+    filters_stream: bool = False
+
+    def __post_init__(self):
+        self.pattern = re.compile(self.path + r"\Z")
+
+
+@dataclass
+class Exchange:
+    """One proxied call as the provider module sees it: what was asked, and
+    what has been learnt from the answer so far."""
+
+    request_id: str
+    route: Route
+    path: str
+    query: str = ""
+    model: str = ""
+    stream: bool = False
+    request_json: dict | None = None
+    request_bytes: int = 0
+    usage: Usage | None = None
+    # True once `usage` holds the provider's final figures for the call.
+    usage_final: bool = False
+    # Set by a rewrite that asked upstream for something the client did not
+    # (OpenAI's stream usage chunk): that part of the answer is kept from it.
+    hide_usage_chunk: bool = False
+    # Streamed content events seen so far: the output estimate (one token each)
+    # when a stream ends before the provider reports usage.
+    output_events: int = 0
+    response_headers: object = None
+    extra: dict = field(default_factory=dict)
+
+
+class Provider:
+    name = ""
+    # Shape of the errors Kylon itself returns on this provider's routes.
+    error_style = "openai"
+    api_key_env = ""
+    base_url_env = ""
+    default_base_url = ""
+    # Prepended to the client's path upstream (OpenRouter: "/api").
+    upstream_prefix = ""
+    # Request headers in which the client's SDK sends its key (lower case).
+    client_key_headers = ("authorization", "x-api-key")
+    # Request headers never forwarded (besides hop-by-hop and all client keys).
+    drop_request_headers = ()
+    # Response headers from upstream never passed to the client.
+    drop_response_headers = ("set-cookie",)
+    routes: list = []
+    # Paths not in `routes` pass through as opaque calls when True (Gemini, ElevenLabs).
+    passthrough = False
+    prices: dict = {}
+    fallback_price = Price()
+    # Gates shipped with the provider: route prefix ("" for all) -> skill.
+    default_gates: dict = {}
+
+    def __init__(self):
+        self.api_key = None
+        self.base_url = None
+
+    # -- configuration ----------------------------------------------------
+    def configure(self, env):
+        self.api_key = env.get(self.api_key_env) or None
+        self.base_url = (env.get(self.base_url_env) or self.default_base_url).rstrip("/")
+
+    @property
+    def configured(self):
+        return bool(self.api_key)
+
+    def missing_configuration(self):
+        return f"Provider '{self.name}' is not configured on this Kylon: set {self.api_key_env}."
+
+    # -- request ------------------------------------------------------------
+    def match(self, path, method):
+        """(route, allowed) for a path: the route, or None for pass-through
+        paths; allowed False when the path exists but not for this method."""
+        for route in self.routes:
+            if route.pattern.match(path):
+                return route, method in route.methods
+        return None, self.passthrough
+
+    def client_key(self, request):
+        for header in self.client_key_headers:
+            value = request.headers.get(header)
+            if value:
+                if header == "authorization":
+                    scheme, _, token = value.partition(" ")
+                    if scheme.lower() != "bearer":
+                        continue
+                    value = token.strip()
+                return value.strip()
+        return None
+
+    def upstream_url(self, exchange):
+        url = self.base_url + self.upstream_prefix + exchange.path
+        if exchange.query:
+            url += "?" + exchange.query
+        return url
+
+    def upstream_query(self, query):
+        """The query string sent upstream (Gemini drops its `key=`)."""
+        return query
+
+    def auth_headers(self):
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def prepare_request(self, exchange, body):
+        """Final say on the upstream body (bytes) once the JSON rewrite ran."""
+        return body
+
+    # -- response -------------------------------------------------------------
+    def usage_from_headers(self, exchange, headers):
+        return None
+
+
+def json_or_none(data):
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def integer(mapping, *path):
+    """mapping[path...] as an int, 0 when missing or not a number."""
+    value = mapping
+    for key in path:
+        if not isinstance(value, dict):
+            return 0
+        value = value.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,252 @@
+"""The upstream call: one HTTP request on Tornado's CurlAsyncHTTPClient, its
+response handed over as it arrives (headers once, then body chunks), and a
+way to stop it at any moment.
+
+Nothing here knows about providers. The caller gives a method, URL, headers and
+body, and three callbacks: `on_headers(status, headers)`, `on_chunk(bytes)`,
+and the awaited result says how the transfer ended.
+
+Stopping: Tornado's curl client has no cancel call. `cancel()` shuts the
+transfer's socket down (the upstream sees the connection close at once, even
+when it is silent, and libcurl fails the transfer on its next look at the
+socket), and an XFERINFOFUNCTION that aborts the transfer covers the moments
+before a socket exists.
+"""
+
+import logging
+import socket
+import time
+
+import pycurl
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httputil import HTTPHeaders
+from tornado.ioloop import IOLoop
+
+log = logging.getLogger("kylon.relay")
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and those the HTTP stack sets itself.
+HOP_BY_HOP = frozenset(
+    "connection keep-alive proxy-authenticate proxy-authorization proxy-connection te trailer "
+    "transfer-encoding upgrade host content-length expect".split()
+)
+
+# Ending of a transfer, as the caller sees it.
+COMPLETED = "completed"  # the whole response arrived (any HTTP status)
+CANCELLED = "cancelled"  # cancel() was called
+TIMEOUT = "timeout"  # connect, first-byte or idle time-out
+UNREACHABLE = "unreachable"  # could not connect / resolve
+BROKEN = "broken"  # connection reset or closed mid-response, malformed response
+
+
+def configure_client(max_connections):
+    AsyncHTTPClient.configure(
+        "tornado.curl_httpclient.CurlAsyncHTTPClient",
+        max_clients=max_connections,
+        # Bodies are streamed through and never held whole; this limit only
+        # applies to the streaming buffer's total, so keep it out of the way.
+        max_body_size=1 << 62,
+    )
+
+
+def filter_headers(headers, drop=()):
+    """Copy `headers` without hop-by-hop ones, those the Connection header
+    names, and any in `drop` (lower-case names)."""
+    named = set()
+    for value in headers.get_list("Connection"):
+        named.update(v.strip().lower() for v in value.split(","))
+    out = HTTPHeaders()
+    for name, value in headers.get_all():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named or lower in drop:
+            continue
+        out.add(name, value)
+    return out
+
+
+class UpstreamCall:
+    """One request to an upstream. Use: `outcome = await UpstreamCall(...).run()`."""
+
+    def __init__(
+        self,
+        method,
+        url,
+        headers,
+        body,
+        on_headers,
+        on_chunk,
+        connect_timeout=10.0,
+        first_byte_timeout=600.0,
+        idle_timeout=600.0,
+        body_producer=None,
+    ):
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.body_producer = body_producer
+        self.on_headers = on_headers
+        self.on_chunk = on_chunk
+        self.connect_timeout = connect_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.idle_timeout = idle_timeout
+        self.status = None
+        self.reason = ""
+        self.error = ""
+        self._response_headers = HTTPHeaders()
+        self._headers_delivered = False
+        self._curl = None
+        self._cancelled = False
+        self._timed_out = False
+        self._timer = None
+        self.first_byte_at = None
+        self.bytes_received = 0
+
+    # -- curl plumbing ----------------------------------------------------
+    def _prepare_curl(self, curl):
+        self._curl = curl
+        curl.setopt(pycurl.NOPROGRESS, 0)
+        curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
+        # The idle time-out: less than 1 byte/s for idle_timeout seconds.
+        curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self.idle_timeout)))
+        # Never let a decompressing libcurl change what the client gets.
+        curl.setopt(pycurl.ACCEPT_ENCODING, None)
+        curl.setopt(pycurl.HTTP_CONTENT_DECODING, 0)
+        curl.setopt(pycurl.TCP_NODELAY, 1)
+        # Our own header parser, called synchronously by libcurl: Tornado's
+        # header_callback is deferred through add_callback and could run after
+        # the first body chunk has already been delivered.
+        curl.setopt(pycurl.HEADERFUNCTION, self._header_bytes)
+
+    def _header_bytes(self, line):
+        try:
+            self._header_line(line.decode("latin1"))
+        except Exception:
+            log.exception("error handling upstream headers")
+            self.cancel()
+
+    def _progress(self, *args):
+        return 1 if (self._cancelled or self._timed_out) else 0
+
+    def _header_line(self, line):
+        line = line.rstrip("\r\n")
+        if line.startswith("HTTP/"):
+            # A new response starts (after a 100 Continue, for example).
+            parts = line.split(" ", 2)
+            try:
+                self.status = int(parts[1])
+            except (IndexError, ValueError):
+                self.status = None
+            self.reason = parts[2] if len(parts) > 2 else ""
+            self._response_headers = HTTPHeaders()
+        elif line:
+            try:
+                self._response_headers.parse_line(line)
+            except Exception:
+                pass
+        elif self.status is not None and self.status >= 200:
+            # End of the final header block.
+            self._deliver_headers()
+
+    def _deliver_headers(self):
+        if self._headers_delivered or self._cancelled:
+            return
+        self._headers_delivered = True
+        if self.first_byte_at is None:
+            self.first_byte_at = time.monotonic()
+        self._clear_timer()
+        self.on_headers(self.status, self._response_headers)
+
+    def _chunk(self, chunk):
+        if self._cancelled:
+            return
+        if not self._headers_delivered:
+            self._deliver_headers()
+        self.bytes_received += len(chunk)
+        self.on_chunk(chunk)
+
+    def _clear_timer(self):
+        if self._timer is not None:
+            IOLoop.current().remove_timeout(self._timer)
+            self._timer = None
+
+    def _first_byte_expired(self):
+        self._timer = None
+        if not self._headers_delivered:
+            self._timed_out = True
+            self._shutdown_socket()
+
+    def _shutdown_socket(self):
+        curl = self._curl
+        if curl is None:
+            return
+        try:
+            fd = curl.getinfo(pycurl.ACTIVESOCKET)
+        except Exception:
+            return
+        if fd is None or fd < 0:
+            return
+        try:
+            # fromfd duplicates the descriptor; shutdown acts on the connection
+            # itself, so the upstream sees it closed; libcurl then fails the
+            # transfer and never reuses that connection.
+            s = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            finally:
+                s.close()
+        except OSError:
+            pass
+
+    # -- public -------------------------------------------------------------
+    def cancel(self):
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._clear_timer()
+        self._shutdown_socket()
+
+    @property
+    def cancelled(self):
+        return self._cancelled
+
+    async def run(self):
+        request = HTTPRequest(
+            self.url,
+            method=self.method,
+            headers=self.headers,
+            body=self.body,
+            body_producer=self.body_producer,
+            allow_nonstandard_methods=True,
+            connect_timeout=self.connect_timeout,
+            # The whole-transfer limit would cut long streams; silence is
+            # bounded by the first-byte timer and the idle (low-speed) limit.
+            request_timeout=7 * 24 * 3600,
+            streaming_callback=self._chunk,
+            prepare_curl_callback=self._prepare_curl,
+            follow_redirects=False,
+            decompress_response=False,
+            validate_cert=True,
+        )
+        self._timer = IOLoop.current().call_later(self.first_byte_timeout, self._first_byte_expired)
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        finally:
+            self._clear_timer()
+            self._curl = None
+        if self._cancelled:
+            return CANCELLED
+        if self._timed_out:
+            self.error = "upstream sent no response in time"
+            return TIMEOUT
+        if response.error is not None and response.code == 599:
+            errno = getattr(response.error, "errno", None)
+            self.error = str(response.error)
+            if errno == pycurl.E_OPERATION_TIMEDOUT:
+                return TIMEOUT
+            if errno in (pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):
+                return UNREACHABLE
+            return BROKEN
+        if not self._headers_delivered and self.status is not None:
+            self._deliver_headers()
+        return COMPLETED

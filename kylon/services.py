@@ -1,0 +1,17 @@
+"""The long-lived parts of a running Kylon, handed to every handler through
+`application.settings["kylon"]`."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Services:
+    settings: object
+    db: object  # db.DatabaseWorker
+    cache: object  # auth.AccountCache
+    writer: object  # usage.UsageWriter
+    providers: dict  # name -> Provider
+    pricebook: object  # billing.PriceBook
+    admin_token_hash: str
+    # Proxy calls in progress (for a graceful shutdown).
+    open_calls: set = field(default_factory=set)

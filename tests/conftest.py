@@ -1,0 +1,99 @@
+"""Shared fixtures: fake upstreams, and Kylon processes on SQLite and MariaDB.
+
+The MariaDB tests use the server at 127.0.0.1:3306 (user root, no password;
+override with KYLON_TEST_MYSQL_URL) and a scratch database per test session.
+"""
+
+import os
+import uuid
+
+import pytest
+
+from .fakes.openai_fake import FakeOpenAI
+from .kylon_process import Kylon
+
+MYSQL_SERVER = os.environ.get("KYLON_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+OPERATOR_KEYS = {"OPENAI_API_KEY": "sk-operator-openai-secret"}
+# Every secret the suite creates, checked against the logs at the end.
+CREATED_SECRETS = set(OPERATOR_KEYS.values())
+
+
+def scratch_database_url(kind, tmp_path_factory):
+    if kind == "sqlite":
+        return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "kylon.db")
+    import pymysql
+
+    name = "kylon_test_" + uuid.uuid4().hex[:10]
+    rest = MYSQL_SERVER.split("://", 1)[1]
+    userinfo, _, hostport = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    host, _, port = hostport.partition(":")
+    conn = pymysql.connect(host=host, port=int(port or 3306), user=user or "root", password=password)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    conn.close()
+    return f"{MYSQL_SERVER}/{name}"
+
+
+def drop_database(url):
+    if not url.startswith("mysql"):
+        return
+    import pymysql
+
+    server, _, name = url.rpartition("/")
+    rest = server.split("://", 1)[1]
+    userinfo, _, hostport = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    host, _, port = hostport.partition(":")
+    conn = pymysql.connect(host=host, port=int(port or 3306), user=user or "root", password=password)
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def fake_openai():
+    fake = FakeOpenAI(OPERATOR_KEYS["OPENAI_API_KEY"])
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream_env(fake_openai):
+    """Operator credentials and base URLs pointing at the fakes."""
+    return {**OPERATOR_KEYS, "KYLON_OPENAI_BASE_URL": fake_openai.url}
+
+
+@pytest.fixture(scope="session", params=["sqlite", "mariadb"])
+def kylon(request, tmp_path_factory, upstream_env):
+    """A Kylon process per database kind; the tests using it run on both."""
+    url = scratch_database_url(request.param, tmp_path_factory)
+    instance = Kylon(url, {**upstream_env, "KYLON_MAX_BODY_BYTES": str(1024 * 1024)}, name=request.param)
+    instance.db_kind = request.param
+    yield instance
+    instance.stop()
+    drop_database(url)
+
+
+@pytest.fixture
+def make_kylon(tmp_path_factory, upstream_env):
+    """Extra short-lived Kylon processes with their own settings (SQLite)."""
+    started = []
+
+    def start(env=None, database_url=None, inherit=True):
+        url = database_url or scratch_database_url("sqlite", tmp_path_factory)
+        instance = Kylon(url, {**(upstream_env if inherit else {}), **(env or {})}, name="extra")
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+@pytest.fixture
+def agent_key(kylon):
+    """A fresh agent with 100 credits and a key, on the session's Kylon."""
+    agent, key = kylon.agent_with_key("100")
+    CREATED_SECRETS.add(key)
+    return agent, key

@@ -1,0 +1,237 @@
+"""A fake OpenAI API speaking the real wire format: chat completions and the
+Responses API, plain and streamed (data-only SSE ending in [DONE] for chat,
+named events ending in response.completed for Responses), the usage chunk only
+when `stream_options.include_usage` asks for it, OpenAI's error bodies.
+
+The model name picks a behaviour, so a test needs no set-up calls:
+  error-429 / error-500 / error-400   answer with that HTTP error
+  silent-stream      one chunk, then silence for 30 s (a disconnect test)
+  held-stream        one chunk, then waits for `fake.release` before the rest
+  slow-headers       no answer for 30 s (time-out and non-stream disconnect tests)
+  drop-mid-stream    a few chunks, then the connection is cut without [DONE]
+Anything else answers normally. Usage figures are fixed per call:
+prompt 9 (3 cached), completion 12 (4 reasoning).
+"""
+
+import asyncio
+import json
+import threading
+import time
+
+from .server import FakeServer, RecordingHandler
+
+PROMPT_TOKENS = 9
+CACHED_TOKENS = 3
+COMPLETION_TOKENS = 12
+REASONING_TOKENS = 4
+WORDS = ["Hello", " from", " the", " fake", " upstream", "!"]
+
+
+def chat_usage():
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": REASONING_TOKENS, "audio_tokens": 0},
+    }
+
+
+def responses_usage():
+    return {
+        "input_tokens": PROMPT_TOKENS,
+        "input_tokens_details": {"cached_tokens": CACHED_TOKENS},
+        "output_tokens": COMPLETION_TOKENS,
+        "output_tokens_details": {"reasoning_tokens": REASONING_TOKENS},
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+    }
+
+
+def openai_error(status, message, err_type, code):
+    return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+
+
+ERRORS = {
+    "error-429": (429, openai_error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")),
+    "error-500": (500, openai_error(500, "The server had an error", "server_error", None)),
+    "error-400": (400, openai_error(400, "Invalid value for 'messages'", "invalid_request_error", "invalid_value")),
+}
+
+
+class OpenAIHandler(RecordingHandler):
+    def body_json(self):
+        return json.loads(self.request.body or b"{}")
+
+    def check_auth(self):
+        if self.request.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+            self.set_status(401)
+            self.finish(openai_error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
+            return False
+        return True
+
+    async def behave(self, model):
+        """Common behaviours; True when the answer has been given."""
+        if model in ERRORS:
+            status, body = ERRORS[model]
+            self.set_status(status)
+            self.set_header("x-request-id", "req_fake_error")
+            self.finish(body)
+            return True
+        if model == "slow-headers":
+            await self.sleep_unless_closed(30)
+            if not self.client_gone():
+                self.finish({"error": "too late"})
+            return True
+        return False
+
+    def start_stream(self):
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("x-request-id", "req_fake_stream")
+        self.set_header("openai-processing-ms", "5")
+
+    async def send(self, data, event=None):
+        if self.client_gone():
+            return False
+        frame = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+        self.write(frame)
+        try:
+            await self.flush()
+        except Exception:
+            return False
+        return True
+
+    async def pause_for(self, model):
+        """After the first chunk: the behaviours that hold a stream back."""
+        if model == "silent-stream":
+            await self.sleep_unless_closed(30)
+            return False
+        if model == "held-stream":
+            event = self.fake.release
+            while not event.is_set() and not self.client_gone():
+                await asyncio.sleep(0.01)
+        if model == "drop-mid-stream":
+            self.request.connection.stream.close()
+            return False
+        return not self.client_gone()
+
+
+class ChatCompletions(OpenAIHandler):
+    async def post(self):
+        if not self.check_auth():
+            return
+        body = self.body_json()
+        model = body.get("model", "")
+        if await self.behave(model):
+            return
+        text = "".join(WORDS)
+        base = {"id": "chatcmpl-fake1", "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
+        if not body.get("stream"):
+            self.set_header("x-request-id", "req_fake_chat")
+            self.finish(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text, "refusal": None},
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": chat_usage(),
+                    "service_tier": "default",
+                }
+            )
+            return
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        self.start_stream()
+
+        def chunk(delta, finish=None):
+            c = {**base, "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            if include_usage:
+                c["usage"] = None
+            return json.dumps(c)
+
+        if not await self.send(chunk({"role": "assistant", "content": ""})):
+            return
+        for i, word in enumerate(WORDS):
+            if not await self.send(chunk({"content": word})):
+                return
+            if i == 0 and not await self.pause_for(model):
+                return
+        await self.send(chunk({}, "stop"))
+        if include_usage:
+            await self.send(json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": chat_usage()}))
+        await self.send("[DONE]")
+        self.finish()
+
+
+class Responses(OpenAIHandler):
+    async def post(self):
+        if not self.check_auth():
+            return
+        body = self.body_json()
+        model = body.get("model", "")
+        if await self.behave(model):
+            return
+        text = "".join(WORDS)
+        response = {
+            "id": "resp_fake1",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model,
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_fake1",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": responses_usage(),
+            "error": None,
+            "incomplete_details": None,
+        }
+        if not body.get("stream"):
+            self.finish(response)
+            return
+        self.start_stream()
+        seq = iter(range(1000))
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+
+        async def event(name, **payload):
+            return await self.send(json.dumps({"type": name, "sequence_number": next(seq), **payload}), event=name)
+
+        if not await event("response.created", response=started):
+            return
+        await event("response.in_progress", response=started)
+        item = {"type": "message", "id": "msg_fake1", "status": "in_progress", "role": "assistant", "content": []}
+        await event("response.output_item.added", output_index=0, item=item)
+        await event("response.content_part.added", item_id="msg_fake1", output_index=0, content_index=0,
+                    part={"type": "output_text", "text": "", "annotations": []})
+        for i, word in enumerate(WORDS):
+            if not await event("response.output_text.delta", item_id="msg_fake1", output_index=0,
+                               content_index=0, delta=word):
+                return
+            if i == 0 and not await self.pause_for(model):
+                return
+        await event("response.output_text.done", item_id="msg_fake1", output_index=0, content_index=0, text=text)
+        await event("response.content_part.done", item_id="msg_fake1", output_index=0, content_index=0,
+                    part={"type": "output_text", "text": text, "annotations": []})
+        await event("response.output_item.done", output_index=0, item=response["output"][0])
+        await event("response.completed", response=response)
+        self.finish()
+
+
+class FakeOpenAI(FakeServer):
+    def __init__(self, api_key="sk-operator-openai-secret"):
+        self.api_key = api_key
+        self.release = threading.Event()
+        super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/responses", Responses)])
