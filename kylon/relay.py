@@ -77,13 +77,11 @@ class UpstreamCall:
         connect_timeout=10.0,
         first_byte_timeout=600.0,
         idle_timeout=600.0,
-        body_producer=None,
     ):
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
-        self.body_producer = body_producer
         self.on_headers = on_headers
         self.on_chunk = on_chunk
         self.connect_timeout = connect_timeout
@@ -216,7 +214,6 @@ class UpstreamCall:
             method=self.method,
             headers=self.headers,
             body=self.body,
-            body_producer=self.body_producer,
             allow_nonstandard_methods=True,
             connect_timeout=self.connect_timeout,
             # The whole-transfer limit would cut long streams; silence is

@@ -9,13 +9,12 @@ import uuid
 
 import pytest
 
-from .fakes.openai_fake import FakeOpenAI
+from .fakes import start_all
 from .kylon_process import Kylon
 
 MYSQL_SERVER = os.environ.get("KYLON_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
-OPERATOR_KEYS = {"OPENAI_API_KEY": "sk-operator-openai-secret"}
-# Every secret the suite creates, checked against the logs at the end.
-CREATED_SECRETS = set(OPERATOR_KEYS.values())
+# Every secret the suite creates (operator keys, agent keys).
+CREATED_SECRETS = set()
 
 
 def scratch_database_url(kind, tmp_path_factory):
@@ -52,16 +51,27 @@ def drop_database(url):
 
 
 @pytest.fixture(scope="session")
-def fake_openai():
-    fake = FakeOpenAI(OPERATOR_KEYS["OPENAI_API_KEY"])
-    yield fake
-    fake.stop()
+def fakes():
+    """Every fake upstream in tests/fakes (name -> fake), started once."""
+    started = start_all()
+    yield started
+    for fake in started.values():
+        fake.stop()
 
 
 @pytest.fixture(scope="session")
-def upstream_env(fake_openai):
-    """Operator credentials and base URLs pointing at the fakes."""
-    return {**OPERATOR_KEYS, "KYLON_OPENAI_BASE_URL": fake_openai.url}
+def upstream_env(fakes):
+    """Operator credentials and base URLs pointing Kylon at the fakes."""
+    env = {}
+    for fake in fakes.values():
+        env.update(fake.kylon_env())
+        CREATED_SECRETS.update(fake.secrets())
+    return env
+
+
+@pytest.fixture(scope="session")
+def fake_openai(fakes):
+    return fakes["openai"]
 
 
 @pytest.fixture(scope="session", params=["sqlite", "mariadb"])

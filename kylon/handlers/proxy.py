@@ -175,6 +175,9 @@ class ProxyHandler(BaseHandler):
             exchange.stream = request_json.get("stream") is True
             if route.rewrite is not None and route.rewrite(exchange, request_json):
                 body = json.dumps(request_json, ensure_ascii=False).encode("utf-8")
+        refusal = await provider.ready(exchange)
+        if refusal is not None:
+            return self.reject(refusal[0], refusal[1], reason="provider")
         body = provider.prepare_request(exchange, body)
         headers = self.upstream_headers()
         self.meter = ResponseMeter(exchange) if route is not None else None

@@ -142,6 +142,12 @@ class Provider:
     def auth_headers(self):
         return {"Authorization": f"Bearer {self.api_key}"}
 
+    async def ready(self, exchange):
+        """Called before each upstream call; may await (Vertex refreshes its
+        access token off the IOLoop here). Returns None, or (status, message)
+        to refuse the call."""
+        return None
+
     def prepare_request(self, exchange, body):
         """Final say on the upstream body (bytes) once the JSON rewrite ran."""
         return body

@@ -235,3 +235,13 @@ class FakeOpenAI(FakeServer):
         self.api_key = api_key
         self.release = threading.Event()
         super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/responses", Responses)])
+
+    def kylon_env(self):
+        return {"OPENAI_API_KEY": self.api_key, "KYLON_OPENAI_BASE_URL": self.url}
+
+    def secrets(self):
+        return {self.api_key}
+
+
+def start():
+    return FakeOpenAI()

@@ -103,6 +103,14 @@ class FakeServer:
             self.loop.call_soon_threadsafe(self._stop.set)
             self.thread.join(5)
 
+    def kylon_env(self):
+        """Environment variables that make Kylon use this fake (override)."""
+        return {}
+
+    def secrets(self):
+        """Credentials this fake expects: they must never reach a client or a log."""
+        return set()
+
     def reset(self):
         self.received.clear()
 
