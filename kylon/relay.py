@@ -18,7 +18,7 @@ import socket
 import time
 
 import pycurl
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.ioloop import IOLoop
 
@@ -226,8 +226,13 @@ class UpstreamCall:
             validate_cert=True,
         )
         self._timer = IOLoop.current().call_later(self.first_byte_timeout, self._first_byte_expired)
+        errno = None
         try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            await AsyncHTTPClient().fetch(request, raise_error=False)
+        except HTTPClientError as e:
+            # Transport failures (code 599) are raised even with raise_error=False.
+            errno = getattr(e, "errno", None)
+            self.error = str(e)
         finally:
             self._clear_timer()
             self._curl = None
@@ -236,9 +241,7 @@ class UpstreamCall:
         if self._timed_out:
             self.error = "upstream sent no response in time"
             return TIMEOUT
-        if response.error is not None and response.code == 599:
-            errno = getattr(response.error, "errno", None)
-            self.error = str(response.error)
+        if self.error:
             if errno == pycurl.E_OPERATION_TIMEDOUT:
                 return TIMEOUT
             if errno in (pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):

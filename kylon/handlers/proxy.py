@@ -149,7 +149,17 @@ class ProxyHandler(BaseHandler):
 
     # -- the call -----------------------------------------------------------
     async def get(self, *args):
-        await self.forward()
+        try:
+            await self.forward()
+        except Exception:
+            # A bug must not lose the call's record, nor leave the client hanging.
+            log.exception("proxy call %s failed", self.request_id)
+            if not self.headers_sent:
+                self.send_kylon_error(500, f"Internal error in Kylon (request id {self.request_id}).")
+            elif not self._finished:
+                self.finish()
+            if self.exchange is not None:
+                self.record("error", 500, settle_usage(self.exchange, finished=False), error="internal error")
 
     post = put = patch = delete = head = options = get
 
