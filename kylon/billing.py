@@ -77,8 +77,10 @@ def credits_for(usage: Usage, price: Price) -> Decimal:
 
 # A dated snapshot of a priced model costs what the model costs:
 # gpt-4o-mini-2024-07-18, claude-sonnet-4-5-20250929, claude-sonnet-4@20250514.
-# Anything else after the name (o3 vs o3-pro) is another model.
-_SNAPSHOT_SUFFIX = re.compile(r"[-@](\d[\d-]*|latest)\Z")
+# Anything else after the name (o3 vs o3-pro, claude-opus-4-7 vs claude-opus-4)
+# is another model. A suffix is one date (8 digits or yyyy-mm-dd), a 3-4 digit
+# version (gemini-2.0-flash-001, gpt-3.5-turbo-0125) or `latest`.
+_SNAPSHOT_SUFFIX = re.compile(r"[-@](\d{8}|\d{4}-\d{2}-\d{2}|\d{3,4}|latest)\Z")
 
 
 def lookup_price(table: dict, model: str):
