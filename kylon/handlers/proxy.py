@@ -213,6 +213,9 @@ class ProxyHandler(BaseHandler):
         provider = self.provider
         drop = NEVER_FORWARD | set(provider.client_key_headers) | set(provider.drop_request_headers)
         headers = relay.filter_headers(self.request.headers, drop)
+        for name, value in provider.default_request_headers.items():
+            if name not in headers:
+                headers[name] = value
         for name, value in provider.auth_headers().items():
             headers[name] = value
         return headers

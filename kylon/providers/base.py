@@ -82,6 +82,9 @@ class Provider:
     client_key_headers = ("authorization", "x-api-key")
     # Request headers never forwarded (besides hop-by-hop and all client keys).
     drop_request_headers = ()
+    # Request headers sent upstream when the client sent none (Anthropic's
+    # anthropic-version).
+    default_request_headers: dict = {}
     # Response headers from upstream never passed to the client.
     drop_response_headers = ("set-cookie",)
     routes: list = []
