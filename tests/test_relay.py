@@ -1,0 +1,91 @@
+"""The relay on its own (pytest-tornado): chunks as they arrive, and cancel()
+closing a silent upstream's connection at once."""
+
+import asyncio
+import time
+
+import pytest
+import tornado.web
+
+from kylon import relay
+
+relay.configure_client(50)
+state = {}
+
+
+class Silent(tornado.web.RequestHandler):
+    async def get(self):
+        self.set_header("Content-Type", "text/event-stream")
+        self.write("data: first\n\n")
+        await self.flush()
+        state["closed"] = asyncio.Event()
+        await state["closed"].wait()
+
+    def on_connection_close(self):
+        state["closed_at"] = time.monotonic()
+        if "closed" in state:
+            state["closed"].set()
+
+
+class Fine(tornado.web.RequestHandler):
+    def get(self):
+        self.set_header("X-Upstream", "yes")
+        self.set_header("Connection", "x-secret-hop")
+        self.set_header("x-secret-hop", "1")
+        self.finish({"ok": True})
+
+
+@pytest.fixture
+def app():
+    return tornado.web.Application([(r"/silent", Silent), (r"/fine", Fine)])
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_cancel_closes_a_silent_upstream_at_once(http_server, http_port):
+    chunks = []
+    call = relay.UpstreamCall("GET", f"http://127.0.0.1:{http_port}/silent", {}, None,
+                              on_headers=lambda s, h: None, on_chunk=chunks.append)
+    task = asyncio.ensure_future(call.run())
+    while not chunks:
+        await asyncio.sleep(0.01)
+    assert chunks == [b"data: first\n\n"]
+    cancelled_at = time.monotonic()
+    call.cancel()
+    assert await task == relay.CANCELLED
+    while "closed_at" not in state and time.monotonic() - cancelled_at < 3:
+        await asyncio.sleep(0.01)
+    assert state["closed_at"] - cancelled_at < 0.5
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_headers_before_body_and_hop_by_hop_filtered(http_server, http_port):
+    seen = []
+    call = relay.UpstreamCall("GET", f"http://127.0.0.1:{http_port}/fine", {}, None,
+                              on_headers=lambda s, h: seen.append(("headers", s, relay.filter_headers(h))),
+                              on_chunk=lambda c: seen.append(("chunk", c)))
+    assert await call.run() == relay.COMPLETED
+    kind, status, headers = seen[0]
+    assert kind == "headers" and status == 200
+    assert headers["X-Upstream"] == "yes"
+    assert "x-secret-hop" not in headers and "Connection" not in headers
+    assert b"".join(c for k, c in seen[1:]) == b'{"ok": true}'
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_unreachable_and_first_byte_timeout(http_server, http_port):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    call = relay.UpstreamCall("GET", f"http://127.0.0.1:{port}/", {}, None, lambda s, h: None, lambda c: None)
+    assert await call.run() == relay.UNREACHABLE
+    state.pop("closed_at", None)
+    call = relay.UpstreamCall("GET", f"http://127.0.0.1:{http_port}/silent", {}, None, lambda s, h: None,
+                              lambda c: None, first_byte_timeout=0.2)
+    # The silent handler sends its headers and a chunk: not a first-byte time-out.
+    task = asyncio.ensure_future(call.run())
+    await asyncio.sleep(0.5)
+    assert not task.done()
+    call.cancel()
+    assert await task == relay.CANCELLED
