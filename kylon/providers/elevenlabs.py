@@ -1,0 +1,84 @@
+"""ElevenLabs: text to speech (binary audio, plain or streamed) and every other
+path passed through, all behind the `elevenlabs` skill.
+
+The SDK sends its key in `xi-api-key`; Kylon takes its own key from there and
+sends the operator's in the same header. Text to speech is billed by
+characters: the `character-cost` response header when ElevenLabs sends it (on
+any path), else Kylon counts the characters of the request's `text` (marked
+estimated: it is Kylon's count, not ElevenLabs' figure). Reads (voices, models,
+user) cost nothing. Audio is relayed as opaque bytes as it arrives.
+"""
+
+from decimal import Decimal
+
+from ..billing import Price, Usage
+from .base import Provider, Route
+
+# What ElevenLabs uses when the request names no model.
+DEFAULT_MODEL = "eleven_multilingual_v2"
+
+
+def read_tts_request(exchange, body):
+    """ElevenLabs names the model `model_id`; the request itself is left as is."""
+    model = body.get("model_id")
+    exchange.model = model if isinstance(model, str) and model else DEFAULT_MODEL
+    exchange.stream = exchange.route.name == "text_to_speech.stream"
+    return False
+
+
+def characters(count, estimated=False):
+    return Usage(unit="characters", units=Decimal(count), estimated=estimated)
+
+
+class ElevenLabs(Provider):
+    name = "elevenlabs"
+    error_style = "elevenlabs"
+    api_key_env = "ELEVENLABS_API_KEY"
+    base_url_env = "KYLON_ELEVENLABS_BASE_URL"
+    default_base_url = "https://api.elevenlabs.io"
+    # The SDK's header first; a Bearer token is what its async token hook sends.
+    client_key_headers = ("xi-api-key", "authorization", "x-api-key")
+    passthrough = True
+    default_gates = {"": "elevenlabs"}
+
+    routes = [
+        # Binary audio/mpeg, or JSON with /with-timestamps.
+        Route(r"/v1/text-to-speech/[^/]+(/with-timestamps)?", "text_to_speech", rewrite=read_tts_request),
+        # Chunked audio (not SSE), or NDJSON with /with-timestamps.
+        Route(r"/v1/text-to-speech/[^/]+/stream(/with-timestamps)?", "text_to_speech.stream", rewrite=read_tts_request),
+    ]
+
+    # Credits per character (1 credit = 1 USD): ElevenLabs' Creator-plan rate of
+    # $0.30 per 1,000 credits, where Multilingual v2/v1, v3 and the English v1
+    # model spend one credit a character and Flash/Turbo half a credit.
+    prices = {
+        "eleven_v3": Price.of(per_unit="0.0003"),
+        "eleven_multilingual_v2": Price.of(per_unit="0.0003"),
+        "eleven_multilingual_v1": Price.of(per_unit="0.0003"),
+        "eleven_monolingual_v1": Price.of(per_unit="0.0003"),
+        "eleven_flash_v2_5": Price.of(per_unit="0.00015"),
+        "eleven_flash_v2": Price.of(per_unit="0.00015"),
+        "eleven_turbo_v2_5": Price.of(per_unit="0.00015"),
+        "eleven_turbo_v2": Price.of(per_unit="0.00015"),
+    }
+    # Unknown models (and pass-through paths that report a character cost) are
+    # charged like the dearest model, and flagged.
+    fallback_price = Price.of(per_unit="0.0003")
+
+    def auth_headers(self):
+        return {"xi-api-key": self.api_key}
+
+    def usage_from_headers(self, exchange, headers):
+        # Final as soon as the headers are in: a stream cut later was still
+        # billed by ElevenLabs for its whole text.
+        exchange.usage_final = True
+        cost = (headers.get("character-cost") or "").strip()
+        if cost.isdigit():
+            return characters(int(cost))
+        text = (exchange.request_json or {}).get("text")
+        if exchange.route is not None and isinstance(text, str):
+            return characters(len(text), estimated=True)
+        return Usage()
+
+
+provider = ElevenLabs()
