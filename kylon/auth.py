@@ -120,7 +120,11 @@ class AccountCache:
         """(KeyEntry, AgentEntry) for a valid key, or (None, reason)."""
         if not key or not key.startswith(KEY_PREFIX) or len(key) > 200:
             return None, "invalid"
-        digest = hash_key(key)
+        return await self.lookup_hash(hash_key(key))
+
+    async def lookup_hash(self, digest):
+        """lookup() by the key's hash, for calls standing on something Kylon
+        issued to a key (an upload session) rather than on the key itself."""
         entry = self.keys.get(digest)
         if entry is None:
             seen = self._unknown.get(digest)

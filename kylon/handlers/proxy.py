@@ -82,7 +82,7 @@ class ProxyHandler(BaseHandler):
         self.provider = provider
         self.error_style = provider.error_style
         route, allowed = provider.match(path, self.request.method)
-        key_entry, agent = await services.cache.lookup(provider.client_key(self.request))
+        key_entry, agent = await self.authenticate()
         if key_entry is None:
             return self.reject_unauthenticated(agent)
         self.key, self.agent = key_entry, agent
@@ -119,6 +119,12 @@ class ProxyHandler(BaseHandler):
             if too_large:
                 return self.reject(413, f"Request body larger than {limit} bytes.", reason="too_large")
         self.request.connection.set_max_body_size(limit)
+
+    async def authenticate(self):
+        """(KeyEntry, AgentEntry) for the call's Kylon key, or (None, reason).
+        A subclass may accept a call that stands on something Kylon issued to
+        a key instead (Gemini's resumable upload sessions)."""
+        return await self.services.cache.lookup(self.provider.client_key(self.request))
 
     def reject_unauthenticated(self, reason):
         metrics.REJECTED.labels(self.provider.name, "key").inc()

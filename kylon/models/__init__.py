@@ -10,8 +10,9 @@ from .base import database, CreditsField, to_nano, from_nano, utcnow, NANO as NA
 from .account import Agent, AgentSkill, ApiKey, CreditLedger, Gate
 from .usage import UsageRecord
 from .pricing import PriceOverride, Setting
+from .upload import UploadSession
 
-ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting]
+ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession]
 
 
 def open_database(url):

@@ -1,0 +1,143 @@
+"""Gemini (Google AI Studio API): every path passed through, the model calls metered.
+
+The SDK sends its key in `x-goog-api-key`; curl samples put it in `?key=`.
+Kylon takes its own key from either place and never lets `key=` go upstream;
+the operator's key goes in `x-goog-api-key`. The model is named in the URL
+(`/v1beta/models/{model}:generateContent`), not in the body. Streams
+(`:streamGenerateContent?alt=sse`) are data-only SSE with no end marker; the
+last chunk carries the complete `usageMetadata`. `:countTokens` and file
+uploads cost nothing.
+
+Resumable uploads (`/upload/…`) and the helpers are served by
+kylon/handlers/gemini_helpers.py, on top of this module.
+"""
+
+import re
+from urllib.parse import unquote
+
+from ..billing import Price, Usage
+from .base import Provider, Route, integer, json_or_none
+
+_VERSION = r"/v1(?:beta|alpha)?"
+# `models/{model}:{method}` anywhere in a path (tunedModels are another kind).
+MODEL_CALL = re.compile(r"/models/([^/:]+):([A-Za-z]+)\Z")
+
+
+def gemini_usage(body):
+    """Usage of a GenerateContentResponse (or a stream chunk)."""
+    meta = body.get("usageMetadata")
+    if not isinstance(meta, dict):
+        return None
+    thoughts = integer(meta, "thoughtsTokenCount")
+    return Usage(
+        # promptTokenCount already includes the cached tokens.
+        input_tokens=integer(meta, "promptTokenCount") + integer(meta, "toolUsePromptTokenCount"),
+        cached_input_tokens=integer(meta, "cachedContentTokenCount"),
+        output_tokens=integer(meta, "candidatesTokenCount") + thoughts,
+        reasoning_tokens=thoughts,
+    )
+
+
+def stream_event(exchange, event):
+    """Every chunk may carry usageMetadata; the one with finishReason has the
+    final figures. Earlier ones keep what is known (the prompt) should the
+    stream be cut."""
+    data = event.data
+    if not data:
+        return True
+    exchange.output_events += 1
+    if b'"usageMetadata"' in data:
+        chunk = json_or_none(data)
+        usage = gemini_usage(chunk) if chunk is not None else None
+        if usage is not None:
+            exchange.usage = usage
+            exchange.usage_final = b'"finishReason"' in data
+    return True
+
+
+def strip_key_param(query):
+    """The query string without `key=` (the client's Kylon key, never sent upstream)."""
+    kept = [part for part in query.split("&") if part and unquote(part.partition("=")[0]) != "key"]
+    return "&".join(kept)
+
+
+class Gemini(Provider):
+    name = "gemini"
+    error_style = "gemini"
+    api_key_env = "GEMINI_API_KEY"
+    base_url_env = "KYLON_GEMINI_BASE_URL"
+    default_base_url = "https://generativelanguage.googleapis.com"
+    # The SDK's header first; Bearer and x-api-key as on every route.
+    client_key_headers = ("x-goog-api-key", "authorization", "x-api-key")
+    passthrough = True
+
+    routes = [
+        Route(_VERSION + r"/models/[^/:]+:generateContent", "generateContent", read_usage=gemini_usage),
+        Route(
+            _VERSION + r"/models/[^/:]+:streamGenerateContent",
+            "streamGenerateContent",
+            read_usage=gemini_usage,
+            on_event=stream_event,
+        ),
+        Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens"),
+        # Resumable file uploads: the start (JSON metadata) and the byte chunks.
+        Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw"),
+    ]
+    free_routes = frozenset({"countTokens", "files.upload"})
+
+    # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
+    # prices for prompts up to 200k tokens (text/image/video input; audio input
+    # costs more on some models). Cached input: 0.1x of input on 2.5 and later
+    # models, 0.25x on 2.0.
+    prices = {
+        "gemini-3-pro-preview": Price.of(input="2.00", cached_input="0.20", output="12.00"),
+        "gemini-3-flash-preview": Price.of(input="0.50", cached_input="0.05", output="3.00"),
+        "gemini-2.5-pro": Price.of(input="1.25", cached_input="0.125", output="10.00"),
+        "gemini-2.5-flash": Price.of(input="0.30", cached_input="0.03", output="2.50"),
+        "gemini-2.5-flash-preview-09-2025": Price.of(input="0.30", cached_input="0.03", output="2.50"),
+        "gemini-2.5-flash-lite": Price.of(input="0.10", cached_input="0.01", output="0.40"),
+        "gemini-2.5-flash-lite-preview-09-2025": Price.of(input="0.10", cached_input="0.01", output="0.40"),
+        "gemini-2.5-flash-image": Price.of(input="0.30", cached_input="0.03", output="30.00"),
+        "gemini-2.0-flash": Price.of(input="0.10", cached_input="0.025", output="0.40"),
+        "gemini-2.0-flash-lite": Price.of(input="0.075", output="0.30"),
+        # The -latest aliases (gemini-flash-latest …) point at the 2.5 models.
+        "gemini-pro": Price.of(input="1.25", cached_input="0.125", output="10.00"),
+        "gemini-flash": Price.of(input="0.30", cached_input="0.03", output="2.50"),
+        "gemini-flash-lite": Price.of(input="0.10", cached_input="0.01", output="0.40"),
+        "gemini-embedding-001": Price.of(input="0.15"),
+    }
+    # Unknown models are charged like the dearest common one (3 Pro beyond
+    # 200k tokens of prompt), and flagged.
+    fallback_price = Price.of(input="4.00", output="18.00")
+
+    def client_key(self, request):
+        key = super().client_key(request)
+        if key:
+            return key
+        values = request.query_arguments.get("key")
+        return values[0].decode("utf-8", "replace").strip() if values else None
+
+    def upstream_query(self, query):
+        return strip_key_param(query)
+
+    def auth_headers(self):
+        return {"x-goog-api-key": self.api_key}
+
+    def upstream_url(self, exchange):
+        # A resumable upload's byte chunks go to the session URL upstream gave.
+        return exchange.extra.get("upstream_url") or super().upstream_url(exchange)
+
+    async def ready(self, exchange):
+        # The URL says what the call is: its model, whether it streams, and
+        # whether it is free (then final at zero, whatever becomes of the transfer).
+        found = MODEL_CALL.search(exchange.path)
+        if found:
+            exchange.model = unquote(found.group(1))
+            exchange.stream = found.group(2) == "streamGenerateContent"
+        if exchange.route is not None and exchange.route.name in self.free_routes:
+            exchange.usage = Usage()
+            exchange.usage_final = True
+        return None
+
+
+provider = Gemini()
