@@ -300,6 +300,9 @@ def set_gate(provider, route, skill):
     if not provider or not isinstance(skill, str) or not skill.strip():
         raise AdminError(400, "'provider' and 'skill' are required.")
     route = route or ""
+    # A gate's route is matched against the path under /proxy/<provider>.
+    if not isinstance(route, str) or (route and not route.startswith("/")):
+        raise AdminError(400, "'route' must be empty (the whole provider) or a path starting with '/'.")
     with database.atomic():
         Gate.delete().where((Gate.provider == provider) & (Gate.route == route)).execute()
         gate = Gate.create(provider=provider, route=route, skill=skill.strip())

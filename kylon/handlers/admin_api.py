@@ -176,12 +176,16 @@ class GatesHandler(AdminAPIHandler):
     async def get(self):
         await self.call(lambda: {"data": admin.list_gates()})
 
+    # The cache is refreshed before the answer: a proxy call the admin makes
+    # after the answer already meets the changed gate.
     async def put(self):
         async def work():
             body = self.json_body()
-            result = await self.call(admin.set_gate, body.get("provider"), body.get("route") or "", body.get("skill"))
-            if result is not None:
-                await self.services.cache.refresh()
+            result = await self.services.db.run(
+                admin.set_gate, body.get("provider"), body.get("route") or "", body.get("skill")
+            )
+            await self.services.cache.refresh()
+            self.write_json(result)
 
         await self.run(work)
 
@@ -189,8 +193,10 @@ class GatesHandler(AdminAPIHandler):
 class GateHandler(AdminAPIHandler):
     async def delete(self, gate_id):
         async def work():
-            await self.call(admin.delete_gate, gate_id, status=204)
+            await self.services.db.run(admin.delete_gate, gate_id)
             await self.services.cache.refresh()
+            self.set_status(204)
+            self.finish()
 
         await self.run(work)
 

@@ -68,6 +68,7 @@ class ProxyHandler(BaseHandler):
         self.streaming = False
         self.meter = None
         self.interrupted = False
+        self.body_read = False
 
     # -- admission ----------------------------------------------------------
     async def prepare(self):
@@ -155,6 +156,7 @@ class ProxyHandler(BaseHandler):
 
     # -- the call -----------------------------------------------------------
     async def get(self, *args):
+        self.body_read = True
         try:
             await self.forward()
         except Exception:
@@ -168,6 +170,14 @@ class ProxyHandler(BaseHandler):
                 self.record("error", 500, settle_usage(self.exchange, finished=False), error="internal error")
 
     post = put = patch = delete = head = options = get
+
+    def finish(self, chunk=None):
+        if not self.body_read and not self._headers_written:
+            # Answered before the request body was read (a refusal in
+            # prepare): Tornado then closes the connection without saying so,
+            # and a keep-alive client would send its next call into it.
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
 
     async def forward(self):
         if self._finished:
