@@ -1,0 +1,129 @@
+"""Anthropic: the Messages API (`/v1/messages`) and its free token counter.
+
+The operator's key goes upstream as `x-api-key`; `anthropic-version` and
+`anthropic-beta` pass through (a default version is added when the client sent
+none), and so does the query string (the SDK's beta calls use `?beta=true`).
+
+Usage: Anthropic's `input_tokens` excludes the tokens read from and written to
+the prompt cache, so Kylon's input total is the sum of the three. Streams are
+named SSE events: input and cache counts arrive in `message_start`, output in
+`message_delta` (cumulative figures: the last one wins, never a sum; input
+fields present there supersede those of `message_start`).
+
+The functions here also serve Claude on Vertex AI (anthropic_vertex.py).
+"""
+
+from decimal import Decimal
+
+from ..billing import Price, Usage
+from .base import Provider, Route, integer, json_or_none
+
+
+def usage_from_fields(fields):
+    """Usage from an Anthropic `usage` object."""
+    cache_write = integer(fields, "cache_creation_input_tokens")
+    cache_read = integer(fields, "cache_read_input_tokens")
+    return Usage(
+        input_tokens=integer(fields, "input_tokens") + cache_write + cache_read,
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=integer(fields, "output_tokens"),
+    )
+
+
+def message_usage(body):
+    """Usage of a non-streamed Message."""
+    fields = body.get("usage")
+    return usage_from_fields(fields) if isinstance(fields, dict) else None
+
+
+def no_usage(body):
+    """Token counting is free: a reported, empty usage."""
+    return Usage()
+
+
+def message_event(exchange, event):
+    """Reads usage from a Messages stream; every event goes on to the client."""
+    name = event.name
+    if name == b"content_block_delta":
+        exchange.output_events += 1
+    elif name in (b"message_start", b"message_delta"):
+        payload = json_or_none(event.data or b"") or {}
+        if name == b"message_start":
+            message = payload.get("message")
+            payload = message if isinstance(message, dict) else {}
+        fields = payload.get("usage")
+        if isinstance(fields, dict):
+            # Figures so far, field by field: later events supersede earlier ones.
+            seen = exchange.extra.setdefault("anthropic_usage", {})
+            seen.update({k: v for k, v in fields.items() if isinstance(v, int)})
+            exchange.usage = usage_from_fields(seen)
+            if name == b"message_delta":
+                exchange.usage_final = True
+    elif name == b"message_stop":
+        if exchange.usage is not None:
+            exchange.usage_final = True
+    elif name == b"error":
+        # The answer broke off (e.g. overloaded_error): no final output figure
+        # will come, so bill the deltas seen and say it is an estimate.
+        usage = exchange.usage
+        if usage is not None and not exchange.usage_final:
+            usage.output_tokens = max(usage.output_tokens, exchange.output_events)
+            usage.estimated = True
+    return True
+
+
+def claude_price(input, output):
+    """Anthropic's list price: cache reads at 0.1x input, 5-minute cache writes at 1.25x."""
+    base = Decimal(input)
+    return Price.of(input=input, output=output, cached_input=base / 10, cache_write=base * Decimal("1.25"))
+
+
+# Credits per million tokens (1 credit = 1 USD), Anthropic's list prices.
+# Dated snapshots (claude-sonnet-4-5-20250929, Vertex's claude-sonnet-4@20250514)
+# find their model. One-hour cache writes (2x input) are billed as 5-minute ones.
+CLAUDE_PRICES = {
+    "claude-opus-4-6": claude_price("5", "25"),
+    "claude-sonnet-4-6": claude_price("3", "15"),
+    "claude-opus-4-5": claude_price("5", "25"),
+    "claude-sonnet-4-5": claude_price("3", "15"),
+    "claude-haiku-4-5": claude_price("1", "5"),
+    "claude-opus-4-1": claude_price("15", "75"),
+    "claude-opus-4": claude_price("15", "75"),
+    "claude-opus-4-0": claude_price("15", "75"),
+    "claude-sonnet-4": claude_price("3", "15"),
+    "claude-sonnet-4-0": claude_price("3", "15"),
+    "claude-3-7-sonnet": claude_price("3", "15"),
+    "claude-3-5-sonnet": claude_price("3", "15"),
+    "claude-3-5-sonnet-v2": claude_price("3", "15"),
+    "claude-3-5-haiku": claude_price("0.80", "4"),
+    "claude-3-opus": claude_price("15", "75"),
+    "claude-3-haiku": Price.of(input="0.25", output="1.25", cached_input="0.03", cache_write="0.30"),
+}
+# Unknown models are charged like the dearest Claude, and flagged.
+CLAUDE_FALLBACK_PRICE = claude_price("15", "75")
+
+MESSAGE_ROUTES = [
+    Route(r"/v1/messages", "messages", read_usage=message_usage, on_event=message_event),
+    Route(r"/v1/messages/count_tokens", "messages.count_tokens", read_usage=no_usage),
+]
+
+
+class Anthropic(Provider):
+    name = "anthropic"
+    error_style = "anthropic"
+    api_key_env = "ANTHROPIC_API_KEY"
+    base_url_env = "KYLON_ANTHROPIC_BASE_URL"
+    default_base_url = "https://api.anthropic.com"
+    # The current SDK sends its key as a Bearer token; older ones as x-api-key.
+    client_key_headers = ("x-api-key", "authorization")
+    default_request_headers = {"anthropic-version": "2023-06-01"}
+    routes = MESSAGE_ROUTES
+    prices = CLAUDE_PRICES
+    fallback_price = CLAUDE_FALLBACK_PRICE
+
+    def auth_headers(self):
+        return {"x-api-key": self.api_key}
+
+
+provider = Anthropic()
