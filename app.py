@@ -22,13 +22,13 @@ from kylon import relay
 from kylon.auth import AccountCache
 from kylon.billing import PriceBook
 from kylon.db import DatabaseWorker
-from kylon.handlers import admin_api, base, health, metrics as metrics_handlers, proxy
+from kylon.handlers import admin_api, admin_pages, base, health, metrics as metrics_handlers, proxy
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Gate, Setting, open_database
 from kylon.providers import load_providers
 from kylon.services import Services
 from kylon.settings import Settings
-from kylon.usage import UsageWriter
+from kylon.usage import Journal, UsageWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("kylon")
@@ -92,7 +92,7 @@ def seed_gates(providers):
 
 def make_app(services, cookie_secret):
     handlers = []
-    for module in (proxy, admin_api, health, metrics_handlers):
+    for module in (proxy, admin_api, admin_pages, health, metrics_handlers):
         handlers.extend(module.default_handlers)
     return tornado.web.Application(
         handlers,
@@ -123,7 +123,9 @@ async def serve(settings):
     )
     cache = AccountCache(worker, pricebook, settings.cache_refresh_seconds)
     await cache.refresh()
-    writer = UsageWriter(worker, cache, settings.usage_flush_seconds)
+    journal_name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"usage-{settings.host}-{settings.port}")
+    writer = UsageWriter(worker, cache, settings.usage_flush_seconds, Journal(settings.journal_dir, journal_name))
+    writer.replay_journal()
     services = Services(settings, worker, cache, writer, providers, pricebook, admin_hash)
     relay.configure_client(settings.max_upstream_connections)
 

@@ -38,6 +38,8 @@ class Settings:
     usage_flush_seconds: float = 0.25
     # SIGTERM: how long open streams may run on before they are cut.
     shutdown_grace_seconds: float = 30.0
+    # Local journal of usage records not yet committed (replayed at start).
+    journal_dir: str = "kylon-journal"
     # Forwarded client addresses are trusted only from these proxies (nginx).
     xheaders: bool = False
     env: dict = field(default_factory=dict)
@@ -58,6 +60,7 @@ class Settings:
             cache_refresh_seconds=_float(env, "KYLON_CACHE_REFRESH_SECONDS", 2),
             usage_flush_seconds=_float(env, "KYLON_USAGE_FLUSH_SECONDS", 0.25),
             shutdown_grace_seconds=_float(env, "KYLON_SHUTDOWN_GRACE_SECONDS", 30),
+            journal_dir=env.get("KYLON_JOURNAL_DIR") or "kylon-journal",
             xheaders=(env.get("KYLON_TRUST_PROXY_HEADERS", "").lower() in ("1", "true", "yes")),
             env=env,
         )

@@ -33,6 +33,7 @@ class Kylon:
             "KYLON_ADMIN_TOKEN": ADMIN_TOKEN,
             "KYLON_USAGE_FLUSH_SECONDS": "0.05",
             "KYLON_CACHE_REFRESH_SECONDS": "0.5",
+            "KYLON_JOURNAL_DIR": os.path.join(ROOT, "test-artifacts", "journal", f"{name}-{self.port}"),
             **(env or {}),
         }
         self.start()
