@@ -83,7 +83,12 @@ class ProxyHandler(BaseHandler):
         self.provider = provider
         self.error_style = provider.error_style
         route, allowed = provider.match(path, self.request.method)
-        key_entry, agent = await self.authenticate()
+        try:
+            key_entry, agent = await self.authenticate()
+        except Exception as e:
+            # Only a key not seen before needs the database; known keys keep working.
+            log.warning("key lookup failed: %s", e)
+            return self.send_kylon_error(503, "Kylon cannot check this key right now (database unavailable).")
         if key_entry is None:
             return self.reject_unauthenticated(agent)
         self.key, self.agent = key_entry, agent
@@ -297,13 +302,14 @@ class ProxyHandler(BaseHandler):
         if outcome == relay.COMPLETED:
             if tail:
                 self.write(tail)
-            self.finish()
+            # Recorded (and journaled) before the answer's last bytes go out.
             if status >= 400:
                 kind = "http_4xx" if status < 500 else "http_5xx"
                 metrics.UPSTREAM_ERRORS.labels(*label, kind).inc()
                 self.record("upstream_error", status, Usage(), error=f"upstream answered {status}")
             else:
                 self.record("completed", status, settle_usage(exchange, finished=True))
+            self.finish()
             return
         metrics.UPSTREAM_ERRORS.labels(*label, outcome).inc()
         error = call.error or outcome
