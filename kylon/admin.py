@@ -6,6 +6,9 @@ in one place.
 """
 
 import datetime
+import hashlib
+import json
+import time
 from decimal import Decimal, InvalidOperation
 
 import peewee
@@ -19,6 +22,7 @@ from .models import (
     CreditLedger,
     Gate,
     PriceOverride,
+    Setting,
     UsageRecord,
     database,
     from_nano,
@@ -313,3 +317,103 @@ def delete_gate(gate_id):
     deleted = Gate.delete().where(Gate.id == int(gate_id)).execute()
     if not deleted:
         raise AdminError(404, f"No gate with id {gate_id}.")
+
+
+# -- for the admin pages -----------------------------------------------------
+
+# The chart's time ranges: how far back, and the bucket size. Buckets are
+# cut from the stored UTC time's text, "YYYY-MM-DD HH" or "YYYY-MM-DD", which
+# SQLite (text column) and MySQL (DATETIME cast to text) spell alike.
+CHART_RANGES = {
+    "24h": (datetime.timedelta(hours=24), "hour"),
+    "7d": (datetime.timedelta(days=7), "day"),
+    "30d": (datetime.timedelta(days=30), "day"),
+}
+_BUCKET_CHARS = {"hour": 13, "day": 10}
+
+
+def _bucket_start(t, bucket):
+    t = t.replace(minute=0, second=0, microsecond=0)
+    return t if bucket == "hour" else t.replace(hour=0)
+
+
+def usage_series(range_name, filters=None, now=None):
+    """Requests and credits per hour or day over one of CHART_RANGES,
+    oldest first, empty buckets included."""
+    if range_name not in CHART_RANGES:
+        raise AdminError(400, "'range' must be one of " + ", ".join(CHART_RANGES) + ".")
+    span, bucket = CHART_RANGES[range_name]
+    now = now or utcnow()
+    first = _bucket_start(now - span, bucket)
+    if bucket == "hour":
+        first += datetime.timedelta(hours=1)
+    else:
+        first += datetime.timedelta(days=1)
+    label = peewee.fn.SUBSTR(UsageRecord.started_at, 1, _BUCKET_CHARS[bucket])
+    rows = (
+        usage_query(filters or {})
+        .where(UsageRecord.started_at >= first)
+        .select(label.alias("bucket"), peewee.fn.COUNT(UsageRecord.id), peewee.fn.SUM(UsageRecord.credits))
+        .group_by(label)
+        .tuples()
+    )
+    found = {str(b): (count, from_nano(int(credits or 0))) for b, count, credits in rows}
+    step = datetime.timedelta(hours=1) if bucket == "hour" else datetime.timedelta(days=1)
+    series = []
+    t = first
+    while t <= now:
+        key = t.strftime("%Y-%m-%d %H" if bucket == "hour" else "%Y-%m-%d")
+        count, credits = found.get(key, (0, Decimal(0)))
+        series.append({"start": t.isoformat() + "Z", "requests": count, "credits": str(credits)})
+        t += step
+    return {"range": range_name, "bucket": bucket, "series": series}
+
+
+def usage_export_batch(filters, after_id=0, limit=1000):
+    """Usage records in id order after `after_id` (for a CSV export read in
+    batches): [(id, record), ...]."""
+    q = usage_query(filters).where(UsageRecord.id > int(after_id)).order_by(UsageRecord.id).limit(limit)
+    return [(r.id, usage_dict(r)) for r in q]
+
+
+# Admin page sessions live in the database, so a logout ends the session in
+# every Kylon process sharing it. Only the session id's hash is stored.
+SESSION_PREFIX = "admin-session:"
+
+
+def _session_name(session_id):
+    return SESSION_PREFIX + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def create_admin_session(session_id, who, token_tag, lifetime_seconds):
+    now = time.time()
+    stale = [
+        row.name
+        for row in Setting.select().where(Setting.name.startswith(SESSION_PREFIX))
+        if _session_value(row.value, now) is None
+    ]
+    with database.atomic():
+        if stale:
+            Setting.delete().where(Setting.name.in_(stale)).execute()
+        value = {"who": who, "token": token_tag, "expires": now + lifetime_seconds}
+        Setting.create(name=_session_name(session_id), value=json.dumps(value))
+
+
+def _session_value(text, now):
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("expires"), (int, float)) or value["expires"] <= now:
+        return None
+    return value
+
+
+def admin_session(session_id):
+    """The session's {"who", "token", "expires"}, or None when unknown or expired."""
+    row = Setting.get_or_none(Setting.name == _session_name(session_id))
+    return None if row is None else _session_value(row.value, time.time())
+
+
+def delete_admin_session(session_id):
+    Setting.delete().where(Setting.name == _session_name(session_id)).execute()
