@@ -44,6 +44,10 @@ def safe_path(path):
     return not _UNSAFE_PATH.search(path)
 
 
+# Where providers put their own id of a request (OpenAI, Anthropic, OpenRouter, Google).
+UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "x-goog-request-id")
+
+
 def status_class(status):
     return f"{status // 100}xx" if status else "none"
 
@@ -332,6 +336,15 @@ class ProxyHandler(BaseHandler):
         return self.route.name if self.route is not None else "passthrough"
 
     # -- bookkeeping ---------------------------------------------------------
+    def upstream_request_id(self):
+        headers = self.exchange.response_headers if self.exchange is not None else None
+        if headers is None:
+            return ""
+        for name in UPSTREAM_ID_HEADERS:
+            if name in headers:
+                return headers[name][:100]
+        return ""
+
     def on_connection_close(self):
         self.client_gone = True
         if self.call is not None:
@@ -396,6 +409,7 @@ class ProxyHandler(BaseHandler):
                 "estimated": usage.estimated,
                 "fallback_price": fallback and not usage.empty and usage.reported_cost is None,
                 "error": (error or "")[:500],
+                "upstream_request_id": self.upstream_request_id(),
                 "started_at": self.started_at,
                 "duration_ms": int((now - self.t0) * 1000),
                 "ttfb_ms": None if ttfb is None else int(ttfb * 1000),

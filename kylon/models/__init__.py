@@ -1,7 +1,8 @@
 """Peewee models and the database binding.
 
 `open_database(url)` binds the models to the database named by a
-`playhouse.db_url` URL and creates missing tables.
+`playhouse.db_url` URL, creates missing tables and upgrades an older schema
+(migrations.py).
 """
 
 from playhouse.db_url import connect
@@ -10,6 +11,7 @@ from .base import database, CreditsField, to_nano, from_nano, utcnow, NANO as NA
 from .account import Agent, AgentSkill, ApiKey, CreditLedger, Gate
 from .usage import UsageRecord
 from .pricing import PriceOverride, Setting
+from .migrations import SCHEMA_VERSION, upgrade
 from .upload import UploadSession
 
 ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession]
@@ -25,5 +27,5 @@ def open_database(url):
     db = connect(url, **kwargs)
     database.initialize(db)
     with db.connection_context():
-        db.create_tables(ALL_MODELS, safe=True)
+        upgrade(db, ALL_MODELS)
     return db

@@ -30,6 +30,7 @@ class UsageRecord(BaseModel):
     # True when the model had no price of its own and the provider's fallback was used.
     fallback_price = peewee.BooleanField(default=False)
     error = peewee.CharField(max_length=500, default="")
+    upstream_request_id = peewee.CharField(max_length=100, default="")
     started_at = peewee.DateTimeField(index=True)
     duration_ms = peewee.IntegerField(default=0)
     ttfb_ms = peewee.IntegerField(null=True)
