@@ -22,7 +22,7 @@ from kylon import relay
 from kylon.auth import AccountCache
 from kylon.billing import PriceBook
 from kylon.db import DatabaseWorker
-from kylon.handlers import admin_api, admin_pages, base, health, metrics as metrics_handlers, proxy
+from kylon.handlers import admin_api, admin_pages, base, gemini_helpers, health, metrics as metrics_handlers, proxy
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Gate, Setting, open_database
 from kylon.providers import load_providers
@@ -92,7 +92,8 @@ def seed_gates(providers):
 
 def make_app(services, cookie_secret):
     handlers = []
-    for module in (proxy, admin_api, admin_pages, health, metrics_handlers):
+    # gemini_helpers first: its routes are under the generic /proxy/<provider> route.
+    for module in (gemini_helpers, proxy, admin_api, admin_pages, health, metrics_handlers):
         handlers.extend(module.default_handlers)
     return tornado.web.Application(
         handlers,

@@ -5,8 +5,9 @@ Kylon takes its own key from either place and never lets `key=` go upstream;
 the operator's key goes in `x-goog-api-key`. The model is named in the URL
 (`/v1beta/models/{model}:generateContent`), not in the body. Streams
 (`:streamGenerateContent?alt=sse`) are data-only SSE with no end marker; the
-last chunk carries the complete `usageMetadata`. `:countTokens` and file
-uploads cost nothing.
+last chunk carries the complete `usageMetadata`. `:countTokens`, file
+uploads and calls that name no model and send no body cost nothing; other
+pass-through calls with a body are estimated like any call without figures.
 
 Resumable uploads (`/upload/…`) and the helpers are served by
 kylon/handlers/gemini_helpers.py, on top of this module.
@@ -82,6 +83,10 @@ class Gemini(Provider):
         Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens"),
         # Resumable file uploads: the start (JSON metadata) and the byte chunks.
         Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw"),
+        # Kylon's own helpers (kylon/handlers/gemini_helpers.py).
+        Route(r"/files/upload-urls", "files.upload-urls"),
+        Route(r"/file-understanding", "file-understanding", read_usage=gemini_usage),
+        Route(r"/video-audio-understanding", "video-audio-understanding", read_usage=gemini_usage),
     ]
     free_routes = frozenset({"countTokens", "files.upload"})
 
@@ -110,6 +115,18 @@ class Gemini(Provider):
     # 200k tokens of prompt), and flagged.
     fallback_price = Price.of(input="4.00", output="18.00")
 
+    def configure(self, env):
+        super().configure(env)
+        # Where clients reach Kylon (https://kylon.example.com), for the upload
+        # URLs Kylon hands out; by default the scheme and host of the request.
+        self.public_url = (env.get("KYLON_PUBLIC_URL") or "").rstrip("/")
+        # How long an upload session Kylon started accepts byte chunks.
+        self.upload_session_seconds = float(env.get("KYLON_GEMINI_UPLOAD_SESSION_SECONDS") or 24 * 3600)
+        # files/upload-urls hands out Google's own upload URLs (bytes bypass Kylon).
+        self.direct_upload_urls = (env.get("KYLON_GEMINI_DIRECT_UPLOAD_URLS") or "").lower() in ("1", "true", "yes")
+        # The model of the understanding helpers when the request names none.
+        self.helper_model = env.get("KYLON_GEMINI_HELPER_MODEL") or "gemini-2.5-flash"
+
     def client_key(self, request):
         key = super().client_key(request)
         if key:
@@ -134,7 +151,11 @@ class Gemini(Provider):
         if found:
             exchange.model = unquote(found.group(1))
             exchange.stream = found.group(2) == "streamGenerateContent"
-        if exchange.route is not None and exchange.route.name in self.free_routes:
+        route = exchange.route
+        free = route.name in self.free_routes if route is not None else not found and not exchange.request_bytes
+        if free:
+            # countTokens, uploads, and pass-through calls that name no model and
+            # send no body (files get/list/delete, models list): nothing to bill.
             exchange.usage = Usage()
             exchange.usage_final = True
         return None

@@ -1,0 +1,293 @@
+"""A fake Gemini API (generativelanguage.googleapis.com) speaking the real wire
+format: generateContent, streamGenerateContent?alt=sse (data-only SSE, no end
+marker: the stream ends when the connection closes; the last chunk carries
+finishReason and the complete usageMetadata), countTokens, the Files API with
+its resumable upload protocol (start → X-Goog-Upload-URL; chunks with
+X-Goog-Upload-Command upload / upload, finalize; x-goog-upload-status active
+then final; file states PROCESSING → ACTIVE), model listing, and Google's
+error bodies {"error": {"code", "message", "status"}} (a bad key is 400
+INVALID_ARGUMENT with reason API_KEY_INVALID).
+
+The model name picks a behaviour:
+  error-429 / error-400        answer with that error
+  silent-stream                one chunk, then silence for 30 s (disconnect tests)
+Usage per call: prompt 11 (4 cached), tool-use prompt 2, candidates 7, thoughts 5.
+"""
+
+import hashlib
+import base64
+import json
+import secrets
+import time
+
+from .server import FakeServer, RecordingHandler
+
+PROMPT_TOKENS = 11
+CACHED_TOKENS = 4
+TOOL_USE_PROMPT_TOKENS = 2
+CANDIDATES_TOKENS = 7
+THOUGHTS_TOKENS = 5
+WORDS = ["Hello", " from", " the", " fake", " Gemini", "!"]
+COUNT_TOKENS = 42
+
+
+def usage_metadata():
+    return {
+        "promptTokenCount": PROMPT_TOKENS,
+        "candidatesTokenCount": CANDIDATES_TOKENS,
+        "toolUsePromptTokenCount": TOOL_USE_PROMPT_TOKENS,
+        "thoughtsTokenCount": THOUGHTS_TOKENS,
+        "cachedContentTokenCount": CACHED_TOKENS,
+        "totalTokenCount": PROMPT_TOKENS + CANDIDATES_TOKENS + TOOL_USE_PROMPT_TOKENS + THOUGHTS_TOKENS,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": PROMPT_TOKENS}],
+    }
+
+
+def google_error(code, status, message, reason=None):
+    error = {"code": code, "message": message, "status": status}
+    if reason:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}
+        ]
+    return {"error": error}
+
+
+ERRORS = {
+    "error-429": (429, google_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).")),
+    "error-400": (400, google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.")),
+}
+
+
+def rfc3339(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000000Z"
+
+
+class GeminiHandler(RecordingHandler):
+    def prepare(self):
+        super().prepare()
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+
+    def error(self, status, body):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body))
+
+    def check_auth(self):
+        if self.request.headers.get("x-goog-api-key") != self.fake.api_key or self.get_query_argument("key", None):
+            self.error(400, google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+                                         "API_KEY_INVALID"))
+            return False
+        return True
+
+
+class Models(GeminiHandler):
+    def get(self, version):
+        if not self.check_auth():
+            return
+        self.finish({"models": [{"name": "models/gemini-2.5-flash", "displayName": "Gemini 2.5 Flash",
+                                 "supportedGenerationMethods": ["generateContent", "countTokens"]}]})
+
+
+class ModelCall(GeminiHandler):
+    async def post(self, version, model, method):
+        if not self.check_auth():
+            return
+        if model in ERRORS:
+            status, body = ERRORS[model]
+            return self.error(status, body)
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            return self.error(400, google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received."))
+        if method == "countTokens":
+            return self.finish({"totalTokens": COUNT_TOKENS,
+                                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": COUNT_TOKENS}]})
+        if method not in ("generateContent", "streamGenerateContent"):
+            return self.error(404, google_error(404, "NOT_FOUND", f"Method {method} not found."))
+        problem = self.fake.check_files(body)
+        if problem:
+            return self.error(*problem)
+        if method == "generateContent":
+            return self.finish(self.response(model, "".join(WORDS), final=True))
+        if self.get_query_argument("alt", None) != "sse":
+            # Without alt=sse Gemini streams one JSON array; the SDK always asks for SSE.
+            return self.finish(json.dumps([self.response(model, "".join(WORDS), final=True)]))
+        self.set_header("Content-Type", "text/event-stream")
+        for i, word in enumerate(WORDS):
+            last = i == len(WORDS) - 1
+            self.write("data: " + json.dumps(self.response(model, word, final=last)) + "\r\n\r\n")
+            try:
+                await self.flush()
+            except Exception:
+                return
+            if i == 0 and model == "silent-stream":
+                await self.sleep_unless_closed(30)
+                return
+            if self.client_gone():
+                return
+        self.finish()
+
+    def response(self, model, text, final):
+        candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+        if final:
+            candidate["finishReason"] = "STOP"
+            usage = usage_metadata()
+        else:
+            usage = {"promptTokenCount": PROMPT_TOKENS, "totalTokenCount": PROMPT_TOKENS}
+        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model,
+                "responseId": "fake-response-1"}
+
+
+class UploadStart(GeminiHandler):
+    """POST /upload/v1beta/files: the resumable start, or (with upload_id) a chunk."""
+
+    def post(self, version):
+        upload_id = self.get_query_argument("upload_id", None)
+        if upload_id is not None:
+            return self.chunk(upload_id)
+        if not self.check_auth():
+            return
+        headers = self.request.headers
+        if headers.get("X-Goog-Upload-Protocol") != "resumable" or headers.get("X-Goog-Upload-Command") != "start":
+            return self.error(400, google_error(400, "INVALID_ARGUMENT", "Only resumable uploads are supported."))
+        try:
+            size = int(headers["X-Goog-Upload-Header-Content-Length"])
+        except (KeyError, ValueError):
+            return self.error(400, google_error(400, "INVALID_ARGUMENT", "Missing upload content length."))
+        metadata = json.loads(self.request.body or b"{}").get("file") or {}
+        upload_id = "ABg" + secrets.token_urlsafe(24)
+        self.fake.uploads[upload_id] = {
+            "size": size,
+            "mime_type": headers.get("X-Goog-Upload-Header-Content-Type") or "application/octet-stream",
+            "display_name": metadata.get("displayName"),
+            "data": bytearray(),
+        }
+        url = f"{self.fake.url}/upload/{version}/files?upload_id={upload_id}&upload_protocol=resumable"
+        self.set_header("X-GUploader-UploadID", upload_id)
+        self.set_header("X-Goog-Upload-URL", url)
+        self.set_header("X-Goog-Upload-Control-URL", url)
+        self.set_header("X-Goog-Upload-Status", "active")
+        self.set_header("X-Goog-Upload-Chunk-Granularity", "8388608")
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish()
+
+    def chunk(self, upload_id):
+        # The session URL is the credential: Google takes chunks without a key.
+        upload = self.fake.uploads.get(upload_id)
+        if upload is None:
+            return self.error(404, google_error(404, "NOT_FOUND", "Upload session not found."))
+        headers = self.request.headers
+        command = [c.strip() for c in (headers.get("X-Goog-Upload-Command") or "").split(",")]
+        offset = int(headers.get("X-Goog-Upload-Offset") or -1)
+        if "upload" not in command or offset != len(upload["data"]):
+            self.set_header("X-Goog-Upload-Status", "active")
+            return self.error(400, google_error(400, "INVALID_ARGUMENT", "Invalid upload offset or command."))
+        upload["data"] += self.request.body
+        if "finalize" not in command:
+            self.set_header("X-Goog-Upload-Status", "active")
+            self.set_header("X-Goog-Upload-Size-Received", str(len(upload["data"])))
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            return self.finish()
+        del self.fake.uploads[upload_id]
+        if len(upload["data"]) != upload["size"]:
+            self.set_header("X-Goog-Upload-Status", "final")
+            return self.error(400, google_error(400, "INVALID_ARGUMENT", "Upload size mismatch."))
+        file = self.fake.new_file(upload)
+        self.set_header("X-Goog-Upload-Status", "final")
+        self.finish({"file": file})
+
+
+class Files(GeminiHandler):
+    def get(self, version):
+        if not self.check_auth():
+            return
+        self.finish({"files": list(self.fake.files.values())})
+
+
+class File(GeminiHandler):
+    def get(self, version, file_id):
+        if not self.check_auth():
+            return
+        file = self.fake.files.get(file_id)
+        if file is None:
+            return self.error(403, self.fake.no_file(file_id))
+        answer = dict(file)
+        # Processing takes one look: the first get says PROCESSING, later ones ACTIVE.
+        file["state"] = "ACTIVE"
+        self.finish(answer)
+
+    def delete(self, version, file_id):
+        if not self.check_auth():
+            return
+        if self.fake.files.pop(file_id, None) is None:
+            return self.error(403, self.fake.no_file(file_id))
+        self.finish({})
+
+
+class FakeGemini(FakeServer):
+    def __init__(self, api_key="AIza-operator-gemini-secret"):
+        self.api_key = api_key
+        self.uploads = {}  # upload id -> session
+        self.files = {}  # file id -> resource
+        self.file_data = {}  # file id -> the bytes uploaded
+        super().__init__(
+            [
+                (r"/(v1|v1beta)/models", Models),
+                (r"/(v1|v1beta)/models/([^/:]+):(\w+)", ModelCall),
+                (r"/upload/(v1|v1beta)/files", UploadStart),
+                (r"/(v1|v1beta)/files", Files),
+                (r"/(v1|v1beta)/files/([a-z0-9-]+)", File),
+            ]
+        )
+
+    def kylon_env(self):
+        return {"GEMINI_API_KEY": self.api_key, "KYLON_GEMINI_BASE_URL": self.url}
+
+    def secrets(self):
+        return {self.api_key}
+
+    def new_file(self, upload):
+        file_id = secrets.token_hex(6)
+        now = time.time()
+        data = bytes(upload["data"])
+        file = {
+            "name": f"files/{file_id}",
+            "mimeType": upload["mime_type"],
+            "sizeBytes": str(len(data)),
+            "createTime": rfc3339(now),
+            "updateTime": rfc3339(now),
+            "expirationTime": rfc3339(now + 48 * 3600),
+            "sha256Hash": base64.b64encode(hashlib.sha256(data).hexdigest().encode()).decode(),
+            "uri": f"{self.url}/v1beta/files/{file_id}",
+            "state": "PROCESSING",
+            "source": "UPLOADED",
+        }
+        if upload["display_name"]:
+            file["displayName"] = upload["display_name"]
+        self.files[file_id] = file
+        self.file_data[file_id] = data
+        return dict(file)
+
+    def no_file(self, file_id):
+        return google_error(403, "PERMISSION_DENIED",
+                            f"You do not have permission to access the File {file_id} or it may not exist.")
+
+    def check_files(self, body):
+        """A generateContent naming an uploaded file: it must exist and be ACTIVE."""
+        for content in body.get("contents") or []:
+            for part in content.get("parts") or []:
+                uri = (part.get("fileData") or {}).get("fileUri")
+                if not uri or not uri.startswith(self.url + "/"):
+                    continue
+                file_id = uri.rsplit("/", 1)[-1]
+                file = self.files.get(file_id)
+                if file is None:
+                    return 403, self.no_file(file_id)
+                if file["state"] != "ACTIVE":
+                    return 400, google_error(400, "FAILED_PRECONDITION",
+                                             f"The File {file_id} is not in an ACTIVE state and usage is not allowed.")
+        return None
+
+
+def start():
+    return FakeGemini()
