@@ -369,7 +369,8 @@ class ProxyHandler(BaseHandler):
         provider = self.provider
         exchange = self.exchange
         model = exchange.model if exchange is not None else ""
-        price, fallback = services.pricebook.price(provider.name, model)
+        priced_as = (exchange.price_model if exchange is not None else "") or model
+        price, fallback = services.pricebook.price(provider.name, priced_as)
         credits = credits_for(usage, price)
         now = time.monotonic()
         ttfb = None if self.first_byte_at is None else self.first_byte_at - self.t0

@@ -53,6 +53,9 @@ class Exchange:
     path: str
     query: str = ""
     model: str = ""
+    # The name the call is priced under when a price depends on more than the
+    # model (an image's size and quality: "dall-e-3 hd 1024x1792"); "" = model.
+    price_model: str = ""
     stream: bool = False
     request_json: dict | None = None
     request_bytes: int = 0

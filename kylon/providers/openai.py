@@ -1,12 +1,16 @@
-"""OpenAI: chat completions and the Responses API.
+"""OpenAI: chat completions, the Responses API and images.
 
 Chat-completion streams report usage only when asked
 (`stream_options.include_usage`); Kylon always asks, and keeps the extra usage
 chunk from a client that did not. Responses streams end with
 `response.completed` (or `.failed` / `.incomplete`) carrying the usage.
+
+Images (generations, edits) are billed as the Images section below says.
 """
 
+import math
 import re
+from decimal import Decimal
 
 from ..billing import Price, Usage
 from .base import Provider, Route, integer, json_or_none
@@ -94,6 +98,148 @@ def responses_event(exchange, event):
     return True
 
 
+# -- Images -------------------------------------------------------------------
+#
+# GPT image models report token usage, with text and image input priced apart:
+# text input tokens are billed as input tokens, image input tokens as units
+# "image_input_tokens" (per_unit is the price of one such token), output
+# tokens (the image, and gpt-image-1.5's few text tokens) at the output price.
+# DALL-E models report no usage: they are billed per image ("images"), the
+# price depending on size and quality, looked up as the price tier
+# "<model> <quality> <size>" or "<model> <size>" when the table has one.
+#
+# Edits come as multipart/form-data (files) or JSON (image URLs). Both are
+# relayed byte for byte (a raw route); Kylon only reads the few text fields it
+# bills by (model, stream, size, quality, prompt).
+
+# OpenAI counts each partial image of a stream as 100 output image tokens: the
+# estimate of a stream cut before its completed event.
+PARTIAL_IMAGE_TOKENS = 100
+# Request fields only GPT image models take: with one of them and no model,
+# OpenAI uses gpt-image-1 rather than its default dall-e-2.
+_GPT_IMAGE_ONLY = ("background", "moderation", "output_compression", "output_format", "partial_images",
+                   "input_fidelity", "stream")
+_IMAGE_FIELDS = ("model", "stream", "size", "quality", "prompt") + _GPT_IMAGE_ONLY
+
+
+def image_usage(body):
+    """Usage of an images answer, or of a stream's completed event."""
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        image_input = integer(usage, "input_tokens_details", "image_tokens")
+        return Usage(
+            input_tokens=max(integer(usage, "input_tokens") - image_input, 0),
+            output_tokens=integer(usage, "output_tokens"),
+            unit="image_input_tokens" if image_input else "",
+            units=Decimal(image_input),
+        )
+    data = body.get("data")
+    if isinstance(data, list) and data:
+        return Usage(unit="images", units=Decimal(len(data)))
+    return None
+
+
+def image_event(exchange, event):
+    """Image streams: `*.partial_image` events, then `*.completed` with usage.
+    (Base64 never holds a dot or a quote, so the byte tests cannot hit image data.)"""
+    data = event.data
+    if not data:
+        return True
+    if event.name.endswith(b".completed") or b'_generation.completed"' in data or b'_edit.completed"' in data:
+        payload = json_or_none(data)
+        usage = image_usage(payload) if payload is not None else None
+        if usage is not None:
+            exchange.usage = usage
+            exchange.usage_final = True
+    elif event.name.endswith(b".partial_image") or b'.partial_image"' in data:
+        if exchange.usage is not None and not exchange.usage_final:
+            exchange.usage.output_tokens += PARTIAL_IMAGE_TOKENS
+    return True
+
+
+def describe_image_call(exchange, request):
+    """Model, stream flag, price tier and an input estimate of an images call.
+    `request`: the JSON body, or the text fields of a multipart one."""
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        model = "gpt-image-1" if any(request.get(f) is not None for f in _GPT_IMAGE_ONLY) else "dall-e-2"
+    exchange.model = model
+    exchange.stream = request.get("stream") in (True, "true", "True")
+    size = request.get("size") or "1024x1024"
+    quality = request.get("quality") or "standard"
+    for tier in (f"{model} {quality} {size}", f"{model} {size}"):
+        if tier in IMAGE_PRICES:
+            exchange.price_model = tier
+            break
+    # Until the answer says otherwise (a cut stream, a cancelled call): the
+    # prompt's tokens, estimated. Images bytes are not text tokens.
+    prompt = request.get("prompt")
+    exchange.usage = Usage(input_tokens=math.ceil(len(prompt) / 4) if isinstance(prompt, str) else 0,
+                           estimated=True)
+
+
+def read_generation_request(exchange, body):
+    describe_image_call(exchange, body)
+    return False
+
+
+_PART_NAME = re.compile(rb'[;\s]name="([^"]*)"', re.IGNORECASE)
+
+
+def multipart_fields(body, names):
+    """The text fields `names` of a multipart/form-data body, read in place: file
+    parts are skipped and nothing is re-encoded. The delimiter is the body's
+    first line (`--boundary`); a body cut short yields the fields seen so far."""
+    line_end = body.find(b"\r\n")
+    if not body.startswith(b"--") or line_end < 0:
+        return {}
+    delimiter = b"\r\n" + body[:line_end]
+    fields = {}
+    pos = line_end + 2
+    while True:
+        head_end = body.find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            break
+        end = body.find(delimiter, head_end + 4)
+        if end < 0:
+            break
+        head = body[pos:head_end]
+        name = _PART_NAME.search(head)
+        if name is not None and b"filename=" not in head.lower():
+            key = name.group(1).decode("utf-8", "replace")
+            if key in names:
+                fields[key] = body[head_end + 4 : end].decode("utf-8", "replace")
+        pos = end + len(delimiter)
+        if body[pos : pos + 2] == b"--":
+            break
+        pos += 2
+    return fields
+
+
+def read_edit_request(exchange, body):
+    """An edit is JSON (image URLs) or multipart (files); both go upstream as they came."""
+    request = json_or_none(body) if body.lstrip()[:1] == b"{" else multipart_fields(body, _IMAGE_FIELDS)
+    describe_image_call(exchange, request or {})
+
+
+# Per image for DALL-E (by price tier, see above); per million tokens for GPT
+# image models, with `per_unit` the price of one image input token.
+IMAGE_PRICES = {
+    "gpt-image-1": Price.of(input="5.00", cached_input="1.25", output="40.00", per_unit="0.00001"),
+    "gpt-image-1-mini": Price.of(input="2.00", cached_input="0.20", output="8.00", per_unit="0.0000025"),
+    "gpt-image-1.5": Price.of(input="5.00", cached_input="1.25", output="32.00", per_unit="0.000008"),
+    "dall-e-3": Price.of(per_unit="0.04"),  # standard 1024x1024
+    "dall-e-3 standard 1024x1792": Price.of(per_unit="0.08"),
+    "dall-e-3 standard 1792x1024": Price.of(per_unit="0.08"),
+    "dall-e-3 hd 1024x1024": Price.of(per_unit="0.08"),
+    "dall-e-3 hd 1024x1792": Price.of(per_unit="0.12"),
+    "dall-e-3 hd 1792x1024": Price.of(per_unit="0.12"),
+    "dall-e-2": Price.of(per_unit="0.02"),  # 1024x1024
+    "dall-e-2 512x512": Price.of(per_unit="0.018"),
+    "dall-e-2 256x256": Price.of(per_unit="0.016"),
+}
+
+
 class OpenAI(Provider):
     name = "openai"
     error_style = "openai"
@@ -112,6 +258,15 @@ class OpenAI(Provider):
             rewrite=ask_for_stream_usage,
         ),
         Route(r"/v1/responses", "responses", read_usage=responses_usage, on_event=responses_event),
+        Route(
+            r"/v1/images/generations",
+            "images.generations",
+            read_usage=image_usage,
+            on_event=image_event,
+            rewrite=read_generation_request,
+        ),
+        # JSON or multipart: opaque bytes, read by prepare_request below.
+        Route(r"/v1/images/edits", "images.edits", body="raw", read_usage=image_usage, on_event=image_event),
     ]
 
     # Credits per million tokens (1 credit = 1 USD), OpenAI's list prices.
@@ -131,9 +286,16 @@ class OpenAI(Provider):
         "o3-pro": Price.of(input="20.00", output="80.00"),
         "o3-mini": Price.of(input="1.10", cached_input="0.55", output="4.40"),
         "o4-mini": Price.of(input="1.10", cached_input="0.275", output="4.40"),
+        **IMAGE_PRICES,
     }
-    # Unknown models are charged like the dearest common model, and flagged.
-    fallback_price = Price.of(input="5.00", output="20.00")
+    # Unknown models are charged like the dearest common model, and flagged
+    # (units: an unknown GPT image model's image input tokens, at gpt-image-1's price).
+    fallback_price = Price.of(input="5.00", output="20.00", per_unit="0.00001")
+
+    def prepare_request(self, exchange, body):
+        if exchange.route is not None and exchange.route.name == "images.edits":
+            read_edit_request(exchange, body)
+        return body
 
 
 provider = OpenAI()

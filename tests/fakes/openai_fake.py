@@ -11,12 +11,23 @@ The model name picks a behaviour, so a test needs no set-up calls:
   drop-mid-stream    a few chunks, then the connection is cut without [DONE]
 Anything else answers normally. Usage figures are fixed per call:
 prompt 9 (3 cached), completion 12 (4 reasoning).
+
+Images: generations (JSON) and edits (multipart, checked strictly: the boundary
+of the Content-Type is the body's own, every part well formed; or JSON with
+`images: [{image_url}]`), plain or streamed (`image_generation.*` /
+`image_edit.*` events). GPT image models answer base64 with usage (text 20,
+image input 500 for edits, output 1056 tokens); DALL-E models answer URLs and no
+usage. Each edit's parsed form is kept in `fake.edits` for the tests.
 """
 
 import asyncio
+import base64
+import email.message
 import json
 import threading
 import time
+
+import tornado.httputil
 
 from .server import FakeServer, RecordingHandler
 
@@ -230,11 +241,123 @@ class Responses(OpenAIHandler):
         self.finish()
 
 
+# -- images --------------------------------------------------------------------
+
+IMAGE_TEXT_TOKENS = 20
+IMAGE_INPUT_TOKENS = 500  # edits only: the input images
+IMAGE_OUTPUT_TOKENS = 1056
+# A small "PNG" holding every byte value, CR LF and dashes included.
+IMAGE_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4).decode()
+
+
+def image_usage(edit):
+    image_input = IMAGE_INPUT_TOKENS if edit else 0
+    return {
+        "input_tokens": IMAGE_TEXT_TOKENS + image_input,
+        "input_tokens_details": {"text_tokens": IMAGE_TEXT_TOKENS, "image_tokens": image_input},
+        "output_tokens": IMAGE_OUTPUT_TOKENS,
+        "total_tokens": IMAGE_TEXT_TOKENS + image_input + IMAGE_OUTPUT_TOKENS,
+    }
+
+
+class ImagesHandler(OpenAIHandler):
+    kind = "image_generation"
+
+    async def answer(self, fields):
+        """The images answer for the request's fields (JSON values or form strings)."""
+        model = fields.get("model") or "dall-e-2"
+        if await self.behave(model):
+            return
+        edit = self.kind == "image_edit"
+        n = int(fields.get("n") or 1)
+        if fields.get("stream") in (True, "true"):
+            await self.stream_images(model, fields, edit)
+            return
+        if model.startswith("dall-e"):
+            data = [{"url": f"https://images.fake/{i}.png", "revised_prompt": fields.get("prompt")} for i in range(n)]
+            self.finish({"created": int(time.time()), "data": data})
+            return
+        self.finish({"created": int(time.time()), "data": [{"b64_json": IMAGE_B64} for _ in range(n)],
+                     "background": "opaque", "output_format": "png", "quality": "high",
+                     "size": fields.get("size") or "1024x1024", "usage": image_usage(edit)})
+
+    async def stream_images(self, model, fields, edit):
+        self.start_stream()
+        common = {"created_at": int(time.time()), "size": fields.get("size") or "1024x1024", "quality": "high",
+                  "background": "opaque", "output_format": "png"}
+        for i in range(int(fields.get("partial_images") or 1)):
+            name = f"{self.kind}.partial_image"
+            if not await self.send(json.dumps({"type": name, "b64_json": IMAGE_B64, "partial_image_index": i,
+                                               **common}), event=name):
+                return
+            if i == 0 and not await self.pause_for(model):
+                return
+        name = f"{self.kind}.completed"
+        await self.send(json.dumps({"type": name, "b64_json": IMAGE_B64, **common, "usage": image_usage(edit)}),
+                        event=name)
+        self.finish()
+
+
+class ImageGenerations(ImagesHandler):
+    async def post(self):
+        if self.check_auth():
+            await self.answer(self.body_json())
+
+
+class ImageEdits(ImagesHandler):
+    kind = "image_edit"
+
+    async def post(self):
+        if not self.check_auth():
+            return
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.startswith("application/json"):
+            body = self.body_json()
+            images = body.get("images")
+            if not (isinstance(images, list) and images and all("image_url" in i or "file_id" in i for i in images)):
+                return self.invalid("'images' must be a list of {image_url} or {file_id}.")
+            self.fake.edits.append({"content_type": content_type, "fields": body, "files": {}})
+            return await self.answer(body)
+        form = self.strict_multipart(content_type, self.request.body)
+        if form is None:
+            return
+        fields, files = form
+        if not fields.get("prompt") or not (files.get("image[]") or files.get("image")):
+            return self.invalid("An edit needs a prompt and at least one image.")
+        self.fake.edits.append({"content_type": content_type, "fields": fields, "files": files})
+        await self.answer(fields)
+
+    def strict_multipart(self, content_type, body):
+        """(fields, files) of a multipart body whose boundary is the one its
+        Content-Type announces, or None after answering 400."""
+        header = email.message.Message()
+        header["Content-Type"] = content_type
+        boundary = (header.get_param("boundary") or "").encode("latin1")
+        if header.get_content_type() != "multipart/form-data" or not boundary:
+            return self.invalid(f"Unsupported Content-Type {content_type!r}.")
+        if not body.startswith(b"--" + boundary + b"\r\n") or not body.endswith(b"\r\n--" + boundary + b"--\r\n"):
+            return self.invalid("The body does not use the boundary of its Content-Type.")
+        arguments, files = {}, {}
+        tornado.httputil.parse_multipart_form_data(boundary, body, arguments, files)
+        parts = body.count(b"\r\n--" + boundary)  # each part ends at one, the closing one included
+        if sum(map(len, arguments.values())) + sum(map(len, files.values())) != parts:
+            return self.invalid("A multipart part is malformed.")
+        return ({k: v[-1].decode() for k, v in arguments.items()},
+                {k: [f["body"] for f in v] for k, v in files.items()})
+
+    def invalid(self, message):
+        self.set_status(400)
+        self.finish(openai_error(400, message, "invalid_request_error", "invalid_value"))
+        return None
+
+
 class FakeOpenAI(FakeServer):
     def __init__(self, api_key="sk-operator-openai-secret"):
         self.api_key = api_key
         self.release = threading.Event()
-        super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/responses", Responses)])
+        self.edits = []
+        super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/responses", Responses),
+                          (r"/v1/images/generations", ImageGenerations), (r"/v1/images/edits", ImageEdits)])
 
     def kylon_env(self):
         return {"OPENAI_API_KEY": self.api_key, "KYLON_OPENAI_BASE_URL": self.url}
