@@ -349,7 +349,8 @@ def usage_series(range_name, filters=None, now=None):
         first += datetime.timedelta(hours=1)
     else:
         first += datetime.timedelta(days=1)
-    label = peewee.fn.SUBSTR(UsageRecord.started_at, 1, _BUCKET_CHARS[bucket])
+    # coerce(False): the text itself, not the column's conversion to a datetime.
+    label = peewee.fn.SUBSTR(UsageRecord.started_at, 1, _BUCKET_CHARS[bucket]).coerce(False)
     rows = (
         usage_query(filters or {})
         .where(UsageRecord.started_at >= first)
@@ -363,7 +364,7 @@ def usage_series(range_name, filters=None, now=None):
     t = first
     while t <= now:
         key = t.strftime("%Y-%m-%d %H" if bucket == "hour" else "%Y-%m-%d")
-        count, credits = found.get(key, (0, Decimal(0)))
+        count, credits = found.get(key, (0, from_nano(0)))
         series.append({"start": t.isoformat() + "Z", "requests": count, "credits": str(credits)})
         t += step
     return {"range": range_name, "bucket": bucket, "series": series}

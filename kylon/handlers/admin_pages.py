@@ -645,8 +645,6 @@ class GatesPage(AdminPage):
         skill = self.get_body_argument("skill", "").strip()
         if provider not in self.services.providers:
             return self.back("/admin/gates", f"Unknown provider '{provider}'.", "error")
-        if route and not route.startswith("/"):
-            return self.back("/admin/gates", "A route is a path under the provider, starting with '/'.", "error")
         gate = await self.run_admin(admin.set_gate, provider, route, skill)
         if gate is not None:
             await self.services.cache.refresh()
