@@ -159,7 +159,8 @@ class UploadStart(GeminiHandler):
         self.fake.uploads[upload_id] = {
             "size": size,
             "mime_type": headers.get("X-Goog-Upload-Header-Content-Type") or "application/octet-stream",
-            "display_name": metadata.get("displayName"),
+            # Google's JSON takes the proto field names too (the SDK sends display_name).
+            "display_name": metadata.get("displayName") or metadata.get("display_name"),
             "data": bytearray(),
         }
         url = f"{self.fake.url}/upload/{version}/files?upload_id={upload_id}&upload_protocol=resumable"
