@@ -19,6 +19,7 @@ background while calls go on with the current token).
 import base64
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -168,6 +169,10 @@ class FakeVertex(FakeServer):
     def grants_for(self, name):
         with self.lock:
             return self.grants.count(name)
+
+    def stop(self):
+        super().stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def credentials_file(self, name):
         return self.accounts[name]["file"]
