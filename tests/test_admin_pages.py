@@ -447,7 +447,7 @@ def test_pages_fit_a_laptop_and_a_phone(page, kylon):
             page.goto(kylon.url + path)
             if path == "/admin":
                 expect(page.locator("#usage-chart[data-drawn] svg")).to_be_visible()
-            name = path.strip("/").replace("/", "-")
+            name = re.sub(r"s/[0-9]+$", "", path).strip("/").replace("/", "-")
             page.screenshot(path=os.path.join(SCREENSHOTS, f"{kylon.db_kind}-{size_name}-{name}.png"), full_page=True)
             # Wide tables scroll inside their card; the page itself never scrolls sideways.
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")

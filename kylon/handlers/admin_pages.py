@@ -577,8 +577,14 @@ class PricingPage(AdminPage):
         overrides = await self.services.db.run(admin.list_price_overrides)
         book = self.services.pricebook
         by_key = {(o["provider"], o["model"]): o for o in overrides}
+        edit = {"provider": self.get_argument("provider", ""), "model": self.get_argument("model", "")}
+        show = self.get_argument("show", "") or edit["provider"]
+        if show not in self.services.providers:
+            show = ""
         rows = []
         for provider in sorted(self.services.providers):
+            if show and provider != show:
+                continue
             models = set(book.defaults.get(provider, {})) | {m for p, m in by_key if p == provider}
             for model in sorted(models):
                 price, fallback = book.price(provider, model)
@@ -595,7 +601,6 @@ class PricingPage(AdminPage):
             {"provider": p, "price": {f: getattr(book.fallbacks[p], f) for f in PRICE_FIELDS}}
             for p in sorted(book.fallbacks)
         ]
-        edit = {"provider": self.get_argument("provider", ""), "model": self.get_argument("model", "")}
         current = by_key.get((edit["provider"], edit["model"]))
         if current is None and edit["model"]:
             price, _ = book.price(edit["provider"], edit["model"])
@@ -607,6 +612,7 @@ class PricingPage(AdminPage):
             fields=PRICE_FIELDS,
             providers=sorted(self.services.providers),
             edit=edit,
+            show=show,
             current=current or {},
         )
 
@@ -620,7 +626,7 @@ class PricingPage(AdminPage):
         if result is not None:
             self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
             self.flash(f"Price for {provider} / {model} saved.")
-        self.redirect("/admin/pricing")
+        self.redirect("/admin/pricing?" + urllib.parse.urlencode({"show": provider}))
 
 
 class PricingDeletePage(AdminPage):
@@ -629,7 +635,8 @@ class PricingDeletePage(AdminPage):
         model = self.get_body_argument("model", "")
         await self.services.db.run(admin.delete_price_override, provider, model)
         self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
-        self.back("/admin/pricing", f"Override for {provider} / {model} removed.")
+        url = "/admin/pricing?" + urllib.parse.urlencode({"show": provider})
+        self.back(url, f"Override for {provider} / {model} removed.")
 
 
 class GatesPage(AdminPage):
