@@ -33,8 +33,9 @@ from kylon.usage import Journal, UsageWriter
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("kylon")
 
-# Keys can arrive in a query string (Gemini's ?key=): never in a log line.
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:key|api_key|access_token|token)=)[^&]*", re.IGNORECASE)
+# Keys can arrive in a query string (Gemini's ?key=): never in a log line. Nor
+# the upload session tokens Kylon hands out (Gemini's ?upload_id=).
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:key|api_key|access_token|token|upload_id)=)[^&]*", re.IGNORECASE)
 
 
 def redact(uri):

@@ -175,6 +175,9 @@ class GeminiUploadHandler(GeminiHandler):
                 headers["X-Goog-Upload-Control-URL"] = url
             elif control:
                 del headers["X-Goog-Upload-Control-URL"]
+            # Upstream's own session id: the bytes go through Kylon's URL only.
+            if "X-GUploader-UploadID" in headers:
+                del headers["X-GUploader-UploadID"]
         super().upstream_headers_arrived(status, headers)
 
 
