@@ -292,7 +292,7 @@ def test_resumable_upload_in_chunks_without_a_key(kylon, fake_gemini, agent_key)
     url = start.headers["x-goog-upload-url"]
     assert url.startswith(kylon.url + "/proxy/gemini/upload/v1beta/files?upload_id=kus_")
     assert start.headers["x-goog-upload-control-url"] == url
-    assert fake_gemini.url not in str(start.headers)
+    assert fake_gemini.url not in str(start.headers) and "x-guploader-uploadid" not in start.headers
     first = send_chunk(url, b"a" * 100, 0, final=False)
     assert first.status_code == 200 and first.headers["x-goog-upload-status"] == "active"
     last = send_chunk(url, b"b" * 100, 100, final=True)
@@ -302,6 +302,7 @@ def test_resumable_upload_in_chunks_without_a_key(kylon, fake_gemini, agent_key)
     again = send_chunk(url, b"c", 200, final=True)
     assert again.status_code == 401 and again.headers["x-goog-upload-status"] == "final"
     assert again.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert url.split("upload_id=")[1].split("&")[0] not in kylon.read_log()
 
 
 @pytest.mark.parametrize("upload_id", ["kus_" + "A" * 43, "ABgVH8example-google-upload-id", ""])
