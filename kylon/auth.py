@@ -9,15 +9,17 @@ how long a revocation or a skill change made by another process takes here.
 """
 
 import asyncio
+import datetime
 import hashlib
 import logging
 import secrets
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from .billing import load_price_overrides
-from .models import Agent, AgentSkill, ApiKey, Gate, utcnow
+from .models import Agent, AgentSkill, ApiKey, CreditHold, Gate, utcnow
 
 log = logging.getLogger("kylon.auth")
 
@@ -56,10 +58,18 @@ class AgentEntry:
     db_balance: Decimal
     # Debits charged here but not yet written to the database.
     unflushed: Decimal = Decimal(0)
+    # Credits held by this process's calls still running, and by other processes'.
+    held: Decimal = Decimal(0)
+    held_elsewhere: Decimal = Decimal(0)
 
     @property
     def balance(self):
         return self.db_balance - self.unflushed
+
+    @property
+    def available(self):
+        """What new calls may still use: the balance less every hold."""
+        return self.db_balance - self.unflushed - self.held - self.held_elsewhere
 
 
 @dataclass
@@ -99,6 +109,27 @@ def _load_gates():
     return {(g.provider, g.route): g.skill for g in Gate.select()}
 
 
+def _publish_holds(process_id, holds, agent_ids, stale_after):
+    """Write this process's holds, read the other processes' (stale rows of a
+    process that died are ignored and removed)."""
+    now = utcnow()
+    CreditHold.delete().where(
+        (CreditHold.process_id == process_id) | (CreditHold.updated_at < now - stale_after)
+    ).execute()
+    if holds:
+        CreditHold.insert_many(
+            [{"process_id": process_id, "agent_id": a, "amount": amount, "updated_at": now} for a, amount in holds.items()]
+        ).execute()
+    elsewhere = defaultdict(Decimal)
+    if agent_ids:
+        query = CreditHold.select().where(
+            (CreditHold.process_id != process_id) & CreditHold.agent_id.in_(list(agent_ids))
+        )
+        for row in query:
+            elsewhere[row.agent_id] += row.amount
+    return elsewhere
+
+
 def _touch_keys(key_ids):
     ApiKey.update(last_used_at=utcnow()).where(ApiKey.id.in_(list(key_ids))).execute()
 
@@ -114,6 +145,7 @@ class AccountCache:
         self._unknown = {}  # key hash -> time it was found unknown
         self._used_keys = set()
         self._task = None
+        self.process_id = secrets.token_hex(8)
 
     # -- proxy path -------------------------------------------------------
     async def lookup(self, key):
@@ -138,7 +170,9 @@ class AccountCache:
                 self._unknown[digest] = time.monotonic()
                 return None, "invalid"
             if entry.agent_id not in self.agents:
-                self.agents.update(await self.db.run(_load_agents, [entry.agent_id]))
+                for agent_id, loaded in (await self.db.run(_load_agents, [entry.agent_id])).items():
+                    # Another lookup may have loaded it meanwhile: keep that entry.
+                    self.agents.setdefault(agent_id, loaded)
             self.keys[digest] = entry
         if entry.revoked:
             return None, "revoked"
@@ -155,6 +189,16 @@ class AccountCache:
         agent = self.agents.get(agent_id)
         if agent is not None:
             agent.unflushed += credits
+
+    def try_hold(self, agent, amount):
+        """Hold `amount` for a call about to start, if anything is available."""
+        if agent.available <= 0:
+            return False
+        agent.held += amount
+        return True
+
+    def release(self, agent, amount):
+        agent.held -= amount
 
     def charged_written(self, agent_id, credits):
         """The usage writer committed that debit: it is now in db_balance's source."""
@@ -191,14 +235,18 @@ class AccountCache:
         agent_ids = {e.agent_id for e in self.keys.values()} | set(self.agents)
         used, self._used_keys = self._used_keys, set()
 
+        holds = {a.agent_id: a.held for a in self.agents.values() if a.held}
+        stale_after = datetime.timedelta(seconds=max(3 * self.refresh_seconds, 5))
+
         def work():
             if used:
                 _touch_keys(used)
             keys = _load_keys(hashes) if hashes else {}
             agents = _load_agents(agent_ids) if agent_ids else {}
-            return keys, agents, _load_gates(), load_price_overrides()
+            elsewhere = _publish_holds(self.process_id, holds, agent_ids, stale_after)
+            return keys, agents, _load_gates(), load_price_overrides(), elsewhere
 
-        keys, agents, gates, prices = await self.db.run(work)
+        keys, agents, gates, prices, elsewhere = await self.db.run(work)
         self.pricebook.overrides = prices
         # Keys deleted from the database disappear; the rest are replaced.
         for digest in hashes:
@@ -208,9 +256,12 @@ class AccountCache:
                 self.keys.pop(digest, None)
         for agent_id, fresh in agents.items():
             current = self.agents.get(agent_id)
-            if current is not None:
-                fresh.unflushed = current.unflushed
-            self.agents[agent_id] = fresh
+            if current is None:
+                current = self.agents[agent_id] = fresh
+            else:
+                # Updated in place: calls in flight hold a reference to this entry.
+                current.name, current.skills, current.db_balance = fresh.name, fresh.skills, fresh.db_balance
+            current.held_elsewhere = elsewhere.get(agent_id, Decimal(0))
         self.gates = GateTable(gates)
 
     def start(self):

@@ -148,8 +148,13 @@ def test_disconnect_mid_stream_stops_a_silent_upstream(kylon, fake_openai, agent
         response = c.responses.with_streaming_response.create(model="silent-stream", input="Hi", stream=True)
     with response as r:
         request_id = r.headers["x-kylon-request-id"]
-        stream = r.parse()
-        next(iter(stream))
+        events = iter(r.parse())
+        # Read up to the first content (then the upstream goes silent).
+        while True:
+            event = next(events)
+            if getattr(event, "type", "") == "response.output_text.delta" or getattr(event, "choices", None):
+                if route == "responses" or event.choices[0].delta.content:
+                    break
         received = fake_openai.last()
         left_at = time.monotonic()
         r.close()

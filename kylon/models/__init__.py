@@ -13,8 +13,9 @@ from .usage import UsageRecord
 from .pricing import PriceOverride, Setting
 from .migrations import SCHEMA_VERSION, upgrade
 from .upload import UploadSession
+from .holds import CreditHold
 
-ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession]
+ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold]
 
 
 def open_database(url):

@@ -9,6 +9,7 @@ metering and billing are shared by all providers.
 
 import json
 import re
+from decimal import Decimal
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -157,6 +158,24 @@ class Provider:
     def prepare_request(self, exchange, body):
         """Final say on the upstream body (bytes) once the JSON rewrite ran."""
         return body
+
+    # Output tokens held for a call that names no maximum.
+    default_hold_output_tokens = 4096
+
+    def hold_usage(self, exchange):
+        """The most a call is likely to consume, held against the balance while it
+        runs: its input (about 4 bytes a token) and its maximum output."""
+        body = exchange.request_json or {}
+        limit = None
+        for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
+            if isinstance(body.get(name), int):
+                limit = body[name]
+                break
+        config = body.get("generationConfig")
+        if limit is None and isinstance(config, dict) and isinstance(config.get("maxOutputTokens"), int):
+            limit = config["maxOutputTokens"]
+        output = self.default_hold_output_tokens if limit is None else max(limit, 0)
+        return Usage(input_tokens=exchange.request_bytes // 4, output_tokens=output, units=Decimal(1))
 
     # -- response -------------------------------------------------------------
     def usage_from_headers(self, exchange, headers):
