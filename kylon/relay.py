@@ -6,6 +6,9 @@ Nothing here knows about providers. The caller gives a method, URL, headers and
 body, and three callbacks: `on_headers(status, headers)`, `on_chunk(bytes)`,
 and the awaited result says how the transfer ended.
 
+The body is bytes, or a BodyStream: a body still arriving from the client,
+sent upstream as it comes (see BodyStream).
+
 Stopping: Tornado's curl client has no cancel call. `cancel()` shuts the
 transfer's socket down (the upstream sees the connection close at once, even
 when it is silent, and libcurl fails the transfer on its next look at the
@@ -13,12 +16,14 @@ socket), and an XFERINFOFUNCTION that aborts the transfer covers the moments
 before a socket exists.
 """
 
+import collections
 import logging
 import socket
 import time
 
 import pycurl
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.concurrent import Future
 from tornado.httputil import HTTPHeaders
 from tornado.ioloop import IOLoop
 
@@ -61,6 +66,107 @@ def filter_headers(headers, drop=()):
             continue
         out.add(name, value)
     return out
+
+
+class BodyStream:
+    """A request body sent upstream while it is still arriving from the client.
+
+    Tornado's curl client sends only a body held whole in memory (it ignores
+    `body_producer`). This one goes to libcurl through a READFUNCTION instead:
+    libcurl reads the chunks fed in as it can send them, and when none is
+    waiting the read pauses the upload (READFUNC_PAUSE) until the next feed()
+    or end() unpauses it. feed() returns a Future while more than HIGH_WATER
+    bytes wait, so that the client's upload is read no faster than the
+    upstream takes it (Tornado waits on what data_received returns).
+    A stream cannot be rewound: libcurl is told so (no redirects are followed).
+    """
+
+    HIGH_WATER = 1 << 20
+
+    def __init__(self, length=None):
+        self.length = length  # the declared size; None: sent chunked
+        self._chunks = collections.deque()
+        self._waiting = 0  # bytes fed and not read yet
+        self._ended = False
+        self._closed = False  # the transfer is over or aborted: nothing more is sent
+        self._curl = None
+        self._paused = False
+        self._drained = None
+
+    def attach(self, curl, method):
+        """Called from UpstreamCall's prepare_curl_callback, after Tornado's own
+        body options, which it replaces."""
+        self._curl = curl
+        curl.setopt(pycurl.READFUNCTION, self._read)
+        curl.setopt(pycurl.SEEKFUNCTION, lambda offset, origin: pycurl.SEEKFUNC_CANTSEEK)
+        size = -1 if self.length is None else self.length
+        curl.setopt(pycurl.POSTFIELDSIZE_LARGE if method == "POST" else pycurl.INFILESIZE_LARGE, size)
+
+    def _read(self, size):
+        if self._closed:
+            return pycurl.READFUNC_ABORT
+        if not self._chunks:
+            if self._ended:
+                return b""
+            self._paused = True
+            return pycurl.READFUNC_PAUSE
+        chunk = self._chunks.popleft()
+        if len(chunk) > size:
+            self._chunks.appendleft(chunk[size:])
+            chunk = chunk[:size]
+        self._waiting -= len(chunk)
+        if self._waiting <= self.HIGH_WATER:
+            self._release()
+        return chunk
+
+    def put_first(self, chunk):
+        """The start of the body (what the provider saw), before anything fed."""
+        self._chunks.appendleft(chunk)
+        self._waiting += len(chunk)
+        self._resume()
+
+    def feed(self, chunk):
+        """Queue a chunk; returns a Future while too much is waiting, else None."""
+        if self._closed:
+            return None
+        self._chunks.append(chunk)
+        self._waiting += len(chunk)
+        self._resume()
+        if self._waiting > self.HIGH_WATER:
+            if self._drained is None:
+                self._drained = Future()
+            return self._drained
+        return None
+
+    def end(self):
+        """The client's body is complete."""
+        self._ended = True
+        self._resume()
+
+    def close(self):
+        """The transfer is over or cancelled: drop what waits and free the client."""
+        self._closed = True
+        self._chunks.clear()
+        self._waiting = 0
+        self._release()
+        self._resume()
+        self._curl = None
+
+    def _release(self):
+        """Let the client's upload go on."""
+        if self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)
+            self._drained = None
+
+    def _resume(self):
+        if self._paused and self._curl is not None:
+            self._paused = False
+            try:
+                # libcurl may call _read from inside this call: the chunk is queued first.
+                self._curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
 
 
 class UpstreamCall:
@@ -115,6 +221,8 @@ class UpstreamCall:
         # header_callback is deferred through add_callback and could run after
         # the first body chunk has already been delivered.
         curl.setopt(pycurl.HEADERFUNCTION, self._header_bytes)
+        if isinstance(self.body, BodyStream):
+            self.body.attach(curl, self.method)
 
     def _header_bytes(self, line):
         try:
@@ -202,6 +310,9 @@ class UpstreamCall:
             return
         self._cancelled = True
         self._clear_timer()
+        if isinstance(self.body, BodyStream):
+            # A paused upload looks at nothing until unpaused: abort it now.
+            self.body.close()
         self._shutdown_socket()
 
     @property
@@ -213,7 +324,8 @@ class UpstreamCall:
             self.url,
             method=self.method,
             headers=self.headers,
-            body=self.body,
+            # A BodyStream replaces Tornado's body options in _prepare_curl.
+            body=b"" if isinstance(self.body, BodyStream) else self.body,
             allow_nonstandard_methods=True,
             connect_timeout=self.connect_timeout,
             # The whole-transfer limit would cut long streams; silence is
@@ -236,6 +348,8 @@ class UpstreamCall:
         finally:
             self._clear_timer()
             self._curl = None
+            if isinstance(self.body, BodyStream):
+                self.body.close()
         if self._cancelled:
             return CANCELLED
         if self._timed_out:

@@ -7,6 +7,7 @@ import os
 import time
 from decimal import Decimal
 
+import httpx
 import httpx2
 import openai
 import pytest
@@ -270,3 +271,76 @@ def test_several_megabyte_multipart_edit_arrives_byte_exact(make_kylon, fake_ope
     record = k.usage(raw.headers["x-kylon-request-id"])
     assert record["model"] == "gpt-image-1" and record["status"] == "completed"
     assert Decimal(record["credits"]) == cost(GPT_IMAGE_1, wire.IMAGE_INPUT_TOKENS)
+
+
+# -- large uploads stream upstream -------------------------------------------------
+
+BOUNDARY = "kylon-test-boundary-7d3f"
+STREAMS_AFTER = 256 * 1024  # proxy.STREAM_BODY_AFTER
+
+
+def multipart(image):
+    head = "".join(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+                   for name, value in (("model", "gpt-image-1"), ("prompt", PROMPT)))
+    return (head.encode() + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode())
+
+
+def upload(kylon, key, fake, body, chunked, then=None):
+    """POST `body` in two halves; before the second, wait (up to 5 s) for the
+    upstream to receive bytes. Returns (response, bytes the upstream had then)."""
+    seen = []
+    start = fake.edit_bytes
+
+    def content():
+        yield body[: len(body) // 2]
+        deadline = time.monotonic() + 5
+        while fake.edit_bytes - start < STREAMS_AFTER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(fake.edit_bytes - start)
+        if then is not None:
+            then()
+        yield body[len(body) // 2 :]
+
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    if not chunked:
+        headers["Content-Length"] = str(len(body))
+    response = httpx.post(kylon.url + "/proxy/openai/v1/images/edits", headers=headers, content=content(), timeout=30)
+    return response, seen[0]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_large_upload_goes_upstream_as_it_arrives(kylon, fake_openai, agent_key, chunked):
+    agent, key = agent_key
+    body = multipart(png(9, 900_000))
+    response, upstream_had = upload(kylon, key, fake_openai, body, chunked)
+    assert response.status_code == 200, response.text
+    # The upstream was receiving the body while the client still held half of it.
+    assert STREAMS_AFTER <= upstream_had <= len(body) // 2
+    received = fake_openai.last()
+    assert received.body == body
+    if chunked:
+        assert received.headers["transfer-encoding"] == "chunked"
+    else:
+        assert received.headers["content-length"] == str(len(body))
+    assert_operator_key_only(received, key)
+    record = kylon.usage(response.headers["x-kylon-request-id"])
+    assert record["model"] == "gpt-image-1" and record["status"] == "completed"
+    assert Decimal(record["credits"]) == cost(GPT_IMAGE_1, wire.IMAGE_INPUT_TOKENS)
+    assert kylon.balance(agent["id"]) == Decimal("100") - cost(GPT_IMAGE_1, wire.IMAGE_INPUT_TOKENS)
+
+
+def test_client_leaving_mid_upload_closes_the_upstream(kylon, fake_openai, agent_key):
+    agent, key = agent_key
+
+    def give_up():
+        raise ConnectionAbortedError("the client gives up")
+
+    with pytest.raises(ConnectionAbortedError):
+        upload(kylon, key, fake_openai, multipart(png(10, 900_000)), chunked=False, then=give_up)
+    received = fake_openai.last()
+    assert received.path == "/v1/images/edits"
+    assert fake_openai.wait_closed(received, timeout=5) is not None
+    [record] = kylon.usage_for_agent(agent["id"], 1)
+    assert record["status"] == "disconnected" and record["model"] == "gpt-image-1" and record["estimated"] is True
+    assert kylon.balance(agent["id"]) == Decimal("100") - Decimal(record["credits"])

@@ -8,6 +8,7 @@ bill → hand the usage record to the batching writer. Every call that got past
 authentication leaves exactly one usage record, whatever happens after.
 """
 
+import asyncio
 import json
 import logging
 import re
@@ -44,6 +45,13 @@ def safe_path(path):
     return not _UNSAFE_PATH.search(path)
 
 
+# A raw body (an upload: multipart form, file bytes) larger than this goes
+# upstream as it arrives rather than held whole (relay.BodyStream). The
+# provider sees this first part only (prepare_request): enough for the text
+# fields of a multipart form, which clients send before the files. JSON bodies
+# are always read whole.
+STREAM_BODY_AFTER = 256 * 1024
+
 # Where providers put their own id of a request (OpenAI, Anthropic, OpenRouter, Google).
 UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "x-goog-request-id")
 
@@ -65,6 +73,8 @@ class ProxyHandler(BaseHandler):
         self.recorded = False
         self.body_chunks = []
         self.body_size = 0
+        self.upload = None  # relay.BodyStream once the body streams upstream
+        self.forwarding = None  # the call, when it started before the body ended
         self.started_at = utcnow()
         self.t0 = time.monotonic()
         self.first_byte_at = None
@@ -158,14 +168,40 @@ class ProxyHandler(BaseHandler):
             return
         self.body_size += len(chunk)
         if self.body_size > self.services.settings.max_body_bytes:
+            if self.call is not None:
+                self.call.cancel()
             self.reject(413, "Request body too large.", reason="too_large")
             self.body_chunks = []
             return
+        if self.upload is not None:
+            self.exchange.request_bytes = max(self.exchange.request_bytes, self.body_size)
+            # A Future while the upstream lags behind: Tornado then waits to read on.
+            return self.upload.feed(chunk)
         self.body_chunks.append(chunk)
+        if self.body_size > STREAM_BODY_AFTER and self.streams_body():
+            self.upload = relay.BodyStream(int(self.request.headers.get("Content-Length") or 0) or None)
+            self.forwarding = asyncio.ensure_future(self.run_call())
+
+    def streams_body(self):
+        route = self.route
+        return (
+            route is not None
+            and route.body == "raw"
+            and self.request.method in ("POST", "PUT", "PATCH")
+            and "json" not in (self.request.headers.get("Content-Type") or "").lower()
+        )
 
     # -- the call -----------------------------------------------------------
     async def get(self, *args):
         self.body_read = True
+        if self.upload is not None:
+            # The call is under way, its body streaming upstream: that body is complete.
+            self.upload.end()
+            await self.forwarding
+        else:
+            await self.run_call()
+
+    async def run_call(self):
         try:
             await self.forward()
         except Exception:
@@ -177,6 +213,10 @@ class ProxyHandler(BaseHandler):
                 self.finish()
             if self.exchange is not None:
                 self.record("error", 500, settle_usage(self.exchange, finished=False), error="internal error")
+        finally:
+            if self.upload is not None:
+                # Refused before going upstream, or done: the rest of the body is dropped.
+                self.upload.close()
 
     post = put = patch = delete = head = options = get
 
@@ -195,7 +235,7 @@ class ProxyHandler(BaseHandler):
         provider = self.provider
         body = b"".join(self.body_chunks)
         self.body_chunks = None
-        exchange.request_bytes = len(body)
+        exchange.request_bytes = max(len(body), self.upload.length or 0) if self.upload else len(body)
         route = self.route
         if route is not None and route.body == "json":
             try:
@@ -214,6 +254,10 @@ class ProxyHandler(BaseHandler):
         if refusal is not None:
             return self.reject(refusal[0], refusal[1], reason="provider")
         body = provider.prepare_request(exchange, body)
+        if self.upload is not None:
+            # What the provider saw goes first; the rest follows as it arrives.
+            self.upload.put_first(body)
+            body = self.upload
         headers = self.upstream_headers()
         self.meter = ResponseMeter(exchange) if route is not None else None
         settings = self.services.settings

@@ -28,6 +28,7 @@ import threading
 import time
 
 import tornado.httputil
+import tornado.web
 
 from .server import FakeServer, RecordingHandler
 
@@ -304,10 +305,23 @@ class ImageGenerations(ImagesHandler):
             await self.answer(self.body_json())
 
 
+@tornado.web.stream_request_body
 class ImageEdits(ImagesHandler):
+    """Reads its body as it arrives, counting the bytes in `fake.edit_bytes`, so
+    a test can see an upload reach the upstream before the client has sent it all."""
+
     kind = "image_edit"
 
+    def prepare(self):
+        super().prepare()
+        self.chunks = []
+
+    def data_received(self, chunk):
+        self.chunks.append(chunk)
+        self.fake.edit_bytes += len(chunk)
+
     async def post(self):
+        self.request.body = self.received.body = b"".join(self.chunks)
         if not self.check_auth():
             return
         content_type = self.request.headers.get("Content-Type", "")
@@ -356,6 +370,7 @@ class FakeOpenAI(FakeServer):
         self.api_key = api_key
         self.release = threading.Event()
         self.edits = []
+        self.edit_bytes = 0
         super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/responses", Responses),
                           (r"/v1/images/generations", ImageGenerations), (r"/v1/images/edits", ImageEdits)])
 
