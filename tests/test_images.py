@@ -279,11 +279,15 @@ BOUNDARY = "kylon-test-boundary-7d3f"
 STREAMS_AFTER = 256 * 1024  # proxy.STREAM_BODY_AFTER
 
 
-def multipart(image):
-    head = "".join(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-                   for name, value in (("model", "gpt-image-1"), ("prompt", PROMPT)))
-    return (head.encode() + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n".encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode())
+def multipart(image, model_last=False):
+    def field(name, value):
+        return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+    file = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n")
+    model = field("model", "gpt-image-1")
+    parts = [field("prompt", PROMPT), file, model] if model_last else [model, field("prompt", PROMPT), file]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
 def upload(kylon, key, fake, body, chunked, then=None):
@@ -344,3 +348,30 @@ def test_client_leaving_mid_upload_closes_the_upstream(kylon, fake_openai, agent
     [record] = kylon.usage_for_agent(agent["id"], 1)
     assert record["status"] == "disconnected" and record["model"] == "gpt-image-1" and record["estimated"] is True
     assert kylon.balance(agent["id"]) == Decimal("100") - Decimal(record["credits"])
+
+
+def test_a_model_named_after_a_large_file_is_unknown_not_guessed(kylon, fake_openai, agent_key):
+    """Kylon sees the start of a streamed form only: a model field placed after
+    the files is out of sight, so the call is priced at the fallback and
+    flagged rather than taken for OpenAI's default (dall-e-2, billed per image)."""
+    agent, key = agent_key
+    body = multipart(png(11, 900_000), model_last=True)
+    response, _ = upload(kylon, key, fake_openai, body, chunked=False)
+    assert response.status_code == 200 and fake_openai.last().body == body
+    record = kylon.usage(response.headers["x-kylon-request-id"])
+    assert record["model"] == "" and record["fallback_price"] is True
+    # OpenAI's fallback: text 5.00 and output 20.00 per 1M tokens, image input tokens at gpt-image-1's 10.00.
+    expected = (wire.IMAGE_TEXT_TOKENS * 5 + wire.IMAGE_INPUT_TOKENS * 10 + wire.IMAGE_OUTPUT_TOKENS * 20) / Decimal(10**6)
+    assert Decimal(record["credits"]) == expected
+    assert kylon.balance(agent["id"]) == Decimal("100") - expected
+
+
+def test_multipart_fields_are_read_in_place():
+    from kylon.providers.openai import multipart_fields
+
+    body = multipart(png(12, 5_000))
+    assert multipart_fields(body, ("model", "prompt")) == ({"model": "gpt-image-1", "prompt": PROMPT}, True)
+    # The start of a form: the fields seen so far, and not the end.
+    assert multipart_fields(body[:300], ("model", "prompt")) == ({"model": "gpt-image-1", "prompt": PROMPT}, False)
+    assert multipart_fields(multipart(png(12, 5_000), model_last=True)[:2000], ("model",)) == ({}, False)
+    assert multipart_fields(b"not a form", ("model",)) == ({}, False)

@@ -157,12 +157,16 @@ def image_event(exchange, event):
     return True
 
 
-def describe_image_call(exchange, request):
+def describe_image_call(exchange, request, whole=True):
     """Model, stream flag, price tier and an input estimate of an images call.
-    `request`: the JSON body, or the text fields of a multipart one."""
+    `request`: the JSON body, or the text fields of a multipart one; `whole`
+    False when only the start of a streamed form was seen (see proxy.py)."""
     model = request.get("model")
     if not isinstance(model, str) or not model:
-        model = "gpt-image-1" if any(request.get(f) is not None for f in _GPT_IMAGE_ONLY) else "dall-e-2"
+        # OpenAI's default model; unknown (the fallback price, flagged) when
+        # the field may be further on in a form only partly seen.
+        default = "gpt-image-1" if any(request.get(f) is not None for f in _GPT_IMAGE_ONLY) else "dall-e-2"
+        model = default if whole else ""
     exchange.model = model
     exchange.stream = request.get("stream") in (True, "true", "True")
     size = request.get("size") or "1024x1024"
@@ -189,10 +193,11 @@ _PART_NAME = re.compile(rb'[;\s]name="([^"]*)"', re.IGNORECASE)
 def multipart_fields(body, names):
     """The text fields `names` of a multipart/form-data body, read in place: file
     parts are skipped and nothing is re-encoded. The delimiter is the body's
-    first line (`--boundary`); a body cut short yields the fields seen so far."""
+    first line (`--boundary`). Returns (fields, whether the form's end was
+    seen): the start of a body yields the fields seen so far."""
     line_end = body.find(b"\r\n")
     if not body.startswith(b"--") or line_end < 0:
-        return {}
+        return {}, False
     delimiter = b"\r\n" + body[:line_end]
     fields = {}
     pos = line_end + 2
@@ -211,15 +216,17 @@ def multipart_fields(body, names):
                 fields[key] = body[head_end + 4 : end].decode("utf-8", "replace")
         pos = end + len(delimiter)
         if body[pos : pos + 2] == b"--":
-            break
+            return fields, True
         pos += 2
-    return fields
+    return fields, False
 
 
 def read_edit_request(exchange, body):
     """An edit is JSON (image URLs) or multipart (files); both go upstream as they came."""
-    request = json_or_none(body) if body.lstrip()[:1] == b"{" else multipart_fields(body, _IMAGE_FIELDS)
-    describe_image_call(exchange, request or {})
+    if body.lstrip()[:1] == b"{":
+        describe_image_call(exchange, json_or_none(body) or {})
+    else:
+        describe_image_call(exchange, *multipart_fields(body, _IMAGE_FIELDS))
 
 
 # Per image for DALL-E (by price tier, see above); per million tokens for GPT
