@@ -374,3 +374,13 @@ def test_paths_outside_the_api_are_refused(kylon, fake_gemini, agent_key, path):
     assert status in (400, 404), body
     assert json.loads(body)["error"]["code"] == status
     assert fake_gemini.received == []
+
+
+def test_free_calls_need_only_a_positive_balance(kylon, fake_gemini):
+    """Uploads and countTokens cost nothing, however large."""
+    agent, key = kylon.agent_with_key("0.001")
+    c = client(kylon, key)
+    file = c.files.upload(file=io.BytesIO(b"z" * 400_000), config={"mime_type": "text/plain"})
+    assert file.size_bytes == 400_000
+    assert c.models.count_tokens(model="gemini-2.5-flash", contents="x" * 100_000).total_tokens
+    assert kylon.balance(agent["id"]) == Decimal("0.001")

@@ -144,6 +144,13 @@ class Gemini(Provider):
         # A resumable upload's byte chunks go to the session URL upstream gave.
         return exchange.extra.get("upstream_url") or super().upstream_url(exchange)
 
+    def hold_usage(self, exchange):
+        # A free call (ready() made it final at zero: an upload chunk of
+        # megabytes, countTokens) holds nothing from the agent's other calls.
+        if exchange.usage_final:
+            return Usage()
+        return super().hold_usage(exchange)
+
     async def ready(self, exchange):
         # The URL says what the call is: its model, whether it streams, and
         # whether it is free (then final at zero, whatever becomes of the transfer).
