@@ -136,7 +136,8 @@ async def serve(settings):
         app,
         xheaders=settings.xheaders,
         max_body_size=settings.max_body_bytes,
-        idle_connection_timeout=120,
+        idle_connection_timeout=settings.client_idle_timeout,
+        body_timeout=settings.client_body_timeout,
     )
     server.listen(settings.port, settings.host)
     cache.start()

@@ -281,6 +281,7 @@ class UpstreamCall:
         if not self._headers_delivered:
             self._timed_out = True
             self._shutdown_socket()
+            self._wake()
 
     def _shutdown_socket(self):
         curl = self._curl

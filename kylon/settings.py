@@ -29,6 +29,10 @@ class Settings:
     connect_timeout: float = 10.0
     first_byte_timeout: float = 600.0
     idle_timeout: float = 600.0
+    # Clients: longest wait for request headers (and between keep-alive
+    # requests), and for a whole request body.
+    client_idle_timeout: float = 60.0
+    client_body_timeout: float = 300.0
     # Most upstream transfers open at once (curl handles).
     max_upstream_connections: int = 2500
     # How often known keys, skills, balances and prices are re-read from the
@@ -56,6 +60,8 @@ class Settings:
             connect_timeout=_float(env, "KYLON_CONNECT_TIMEOUT", 10),
             first_byte_timeout=_float(env, "KYLON_UPSTREAM_TIMEOUT", 600),
             idle_timeout=_float(env, "KYLON_IDLE_TIMEOUT", 600),
+            client_idle_timeout=_float(env, "KYLON_CLIENT_IDLE_TIMEOUT", 60),
+            client_body_timeout=_float(env, "KYLON_CLIENT_BODY_TIMEOUT", 300),
             max_upstream_connections=_int(env, "KYLON_MAX_UPSTREAM_CONNECTIONS", 2500),
             cache_refresh_seconds=_float(env, "KYLON_CACHE_REFRESH_SECONDS", 2),
             usage_flush_seconds=_float(env, "KYLON_USAGE_FLUSH_SECONDS", 0.25),

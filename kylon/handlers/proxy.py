@@ -13,14 +13,17 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 
 import tornado.web
 
 from .. import metrics, relay
+from ..auth import KEY_PREFIX
 from ..billing import Usage, credits_for
 from ..meter import ResponseMeter, settle_usage
 from ..models import utcnow
 from ..providers import Exchange
+from ..throttle import FailureThrottle
 from .base import BaseHandler
 
 log = logging.getLogger("kylon.proxy")
@@ -45,6 +48,13 @@ def safe_path(path):
     return not _UNSAFE_PATH.search(path)
 
 
+# Repeated bad keys from one address are answered ever more slowly.
+BAD_KEYS = FailureThrottle(free=10, base_delay=0.05, max_delay=5.0)
+
+OUT_OF_CREDITS = (
+    "Out of credits: this agent's balance, less what its running calls hold, is not positive."
+)
+
 # A raw body (an upload: multipart form, file bytes) larger than this goes
 # upstream as it arrives rather than held whole (relay.BodyStream). The
 # provider sees this first part only (prepare_request): enough for the text
@@ -54,6 +64,32 @@ STREAM_BODY_AFTER = 256 * 1024
 
 # Where providers put their own id of a request (OpenAI, Anthropic, OpenRouter, Google).
 UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "x-goog-request-id")
+
+
+# Fields Kylon itself reads from a JSON body, and the type each must have.
+CHECKED_FIELDS = {"model": str, "stream": bool, "max_tokens": int, "max_completion_tokens": int,
+                  "max_output_tokens": int}
+TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer"}
+
+
+def wrong_types(body):
+    """A clear message when a field Kylon reads has the wrong type (else None)."""
+    for name, wanted in CHECKED_FIELDS.items():
+        value = body.get(name)
+        if value is not None and (type(value) is not wanted):
+            return f"'{name}' must be {TYPE_NAMES[wanted]}."
+    return None
+
+
+def without_kylon_keys(query):
+    """The query string less any parameter carrying a Kylon key (`?key=pak_…`,
+    or one under any other name): a Kylon key never goes upstream."""
+    if KEY_PREFIX not in urllib.parse.unquote(query):
+        return query
+    kept = [
+        part for part in query.split("&") if KEY_PREFIX not in urllib.parse.unquote_plus(part)
+    ]
+    return "&".join(kept)
 
 
 def status_class(status):
@@ -82,6 +118,7 @@ class ProxyHandler(BaseHandler):
         self.streaming = False
         self.meter = None
         self.interrupted = False
+        self.held = 0
         self.body_read = False
 
     # -- admission ----------------------------------------------------------
@@ -104,6 +141,9 @@ class ProxyHandler(BaseHandler):
             log.warning("key lookup failed: %s", e)
             return self.send_kylon_error(503, "Kylon cannot check this key right now (database unavailable).")
         if key_entry is None:
+            delay = BAD_KEYS.record_failure(self.request.remote_ip)
+            if delay:
+                await asyncio.sleep(delay)
             return self.reject_unauthenticated(agent)
         self.key, self.agent = key_entry, agent
         self.route = route
@@ -111,7 +151,7 @@ class ProxyHandler(BaseHandler):
             request_id=self.request_id,
             route=route,
             path=path,
-            query=provider.upstream_query(self.request.query),
+            query=without_kylon_keys(provider.upstream_query(self.request.query)),
         )
         services.open_calls.add(self)
         if not safe_path(path):
@@ -127,8 +167,8 @@ class ProxyHandler(BaseHandler):
             return self.reject(
                 403, f"This agent lacks the skill '{skill}', which {provider.name} requires.", reason="gate"
             )
-        if agent.balance <= 0:
-            return self.reject(402, "Out of credits: this agent's balance is not positive.", reason="credits")
+        if agent.available <= 0:
+            return self.reject(402, OUT_OF_CREDITS, reason="credits")
         declared = self.request.headers.get("Content-Length")
         limit = services.settings.max_body_bytes
         if declared is not None:
@@ -138,7 +178,9 @@ class ProxyHandler(BaseHandler):
                 return self.reject(400, "Invalid Content-Length header.")
             if too_large:
                 return self.reject(413, f"Request body larger than {limit} bytes.", reason="too_large")
-        self.request.connection.set_max_body_size(limit)
+        # Kylon's own check (data_received) answers 413; Tornado's guard, set
+        # higher, only catches a single chunk far beyond the limit (with a 400).
+        self.request.connection.set_max_body_size(2 * limit)
 
     async def authenticate(self):
         """(KeyEntry, AgentEntry) for the call's Kylon key, or (None, reason).
@@ -240,19 +282,26 @@ class ProxyHandler(BaseHandler):
         if route is not None and route.body == "json":
             try:
                 request_json = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as e:
-                return self.reject(400, f"The request body is not valid JSON: {e}")
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                return self.reject(400, f"The request body is not valid JSON: {str(e)[:200]}")
             if not isinstance(request_json, dict):
                 return self.reject(400, "The request body must be a JSON object.")
             exchange.request_json = request_json
-            model = request_json.get("model")
-            exchange.model = model if isinstance(model, str) else ""
+            problem = wrong_types(request_json)
+            if problem:
+                return self.reject(400, problem)
+            exchange.model = request_json.get("model") or ""
             exchange.stream = request_json.get("stream") is True
             if route.rewrite is not None and route.rewrite(exchange, request_json):
                 body = json.dumps(request_json, ensure_ascii=False).encode("utf-8")
         refusal = await provider.ready(exchange)
         if refusal is not None:
             return self.reject(refusal[0], refusal[1], reason="provider")
+        # Hold the call's likely maximum cost while it runs (released in record()).
+        hold = credits_for(provider.hold_usage(exchange), self.services.pricebook.price(provider.name, exchange.model)[0])
+        if not self.services.cache.try_hold(self.agent, hold):
+            return self.reject(402, OUT_OF_CREDITS, reason="credits")
+        self.held = hold
         body = provider.prepare_request(exchange, body)
         if self.upload is not None:
             # What the provider saw goes first; the rest follows as it arrives.
@@ -282,6 +331,9 @@ class ProxyHandler(BaseHandler):
         provider = self.provider
         drop = NEVER_FORWARD | set(provider.client_key_headers) | set(provider.drop_request_headers)
         headers = relay.filter_headers(self.request.headers, drop)
+        for name in [n for n, v in headers.get_all() if KEY_PREFIX in v]:
+            # A Kylon key in any other header stays here too.
+            del headers[name]
         for name, value in provider.default_request_headers.items():
             if name not in headers:
                 headers[name] = value
@@ -391,6 +443,9 @@ class ProxyHandler(BaseHandler):
 
     def on_connection_close(self):
         self.client_gone = True
+        if self.call is None and not self.body_read and self.exchange is not None:
+            # Gone (or timed out) while still sending its request.
+            self.record("disconnected", 499, Usage(), error="client left before its request was complete")
         if self.call is not None:
             self.call.cancel()
 
@@ -409,6 +464,9 @@ class ProxyHandler(BaseHandler):
             return
         self.recorded = True
         self.services.open_calls.discard(self)
+        if self.held:
+            self.services.cache.release(self.agent, self.held)
+            self.held = 0
         services = self.services
         provider = self.provider
         exchange = self.exchange
