@@ -92,6 +92,8 @@ class BodyStream:
         self._curl = None
         self._paused = False
         self._drained = None
+        # Called once libcurl has read the whole body (the upstream's turn to answer).
+        self.on_sent = None
 
     def attach(self, curl, method):
         """Called from UpstreamCall's prepare_curl_callback, after Tornado's own
@@ -107,6 +109,9 @@ class BodyStream:
             return pycurl.READFUNC_ABORT
         if not self._chunks:
             if self._ended:
+                if self.on_sent is not None:
+                    self.on_sent()
+                    self.on_sent = None
                 return b""
             self._paused = True
             return pycurl.READFUNC_PAUSE
@@ -316,6 +321,9 @@ class UpstreamCall:
             self.body.close()
         self._shutdown_socket()
 
+    def _start_first_byte_timer(self):
+        self._timer = IOLoop.current().call_later(self.first_byte_timeout, self._first_byte_expired)
+
     @property
     def cancelled(self):
         return self._cancelled
@@ -338,7 +346,12 @@ class UpstreamCall:
             decompress_response=False,
             validate_cert=True,
         )
-        self._timer = IOLoop.current().call_later(self.first_byte_timeout, self._first_byte_expired)
+        if isinstance(self.body, BodyStream):
+            # The upstream cannot answer before it has the body: the time it
+            # has to answer starts once the client's (maybe slow) upload is sent.
+            self.body.on_sent = self._start_first_byte_timer
+        else:
+            self._start_first_byte_timer()
         errno = None
         try:
             await AsyncHTTPClient().fetch(request, raise_error=False)

@@ -375,3 +375,44 @@ def test_multipart_fields_are_read_in_place():
     assert multipart_fields(body[:300], ("model", "prompt")) == ({"model": "gpt-image-1", "prompt": PROMPT}, False)
     assert multipart_fields(multipart(png(12, 5_000), model_last=True)[:2000], ("model",)) == ({}, False)
     assert multipart_fields(b"not a form", ("model",)) == ({}, False)
+
+
+def test_a_slow_upload_does_not_count_against_the_upstream_time_out(make_kylon, fake_openai):
+    """The upstream's time to answer starts once it has the whole body."""
+    k = make_kylon({"KYLON_UPSTREAM_TIMEOUT": "1"})
+    agent, key = k.agent_with_key("10")
+    response, _ = upload(k, key, fake_openai, multipart(png(13, 900_000)), chunked=False,
+                         then=lambda: time.sleep(1.5))
+    assert response.status_code == 200, response.text
+    assert k.usage(response.headers["x-kylon-request-id"])["status"] == "completed"
+
+
+def test_body_stream_back_pressure_and_end():
+    """relay.BodyStream as libcurl reads it (its READFUNCTION), without a transfer."""
+    import asyncio
+
+    import pycurl
+
+    from kylon.relay import BodyStream
+
+    async def scenario():
+        stream = BodyStream()
+        sent = []
+        stream.on_sent = lambda: sent.append(True)
+        assert stream._read(10) == pycurl.READFUNC_PAUSE  # nothing yet: the upload pauses
+        assert stream.feed(b"x" * BodyStream.HIGH_WATER) is None
+        waiting = stream.feed(b"abc")  # above the high-water mark: the client must wait
+        assert waiting is not None and not waiting.done()
+        assert stream._read(BodyStream.HIGH_WATER) == b"x" * BodyStream.HIGH_WATER
+        assert waiting.done()  # drained below the mark: the client goes on
+        stream.put_first(b"head:")
+        assert stream._read(3) == b"hea" and stream._read(100) == b"d:" and stream._read(100) == b"abc"
+        assert stream._read(100) == pycurl.READFUNC_PAUSE and not sent
+        stream.end()
+        assert stream._read(100) == b"" and sent == [True]
+        late = BodyStream()
+        blocked = (late.feed(b"y" * (BodyStream.HIGH_WATER + 1)))
+        late.close()  # the transfer ended: the client is let go, the rest dropped
+        assert blocked.done() and late.feed(b"more") is None and late._read(10) == pycurl.READFUNC_ABORT
+
+    asyncio.run(scenario())

@@ -12,6 +12,7 @@ bytes there with no key at all: the token names the session, the session the
 key, and the bytes go on, opaque, to the real session URL with the operator's key.
 """
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -33,6 +34,7 @@ from .proxy import ProxyHandler
 log = logging.getLogger("kylon.gemini")
 
 SESSION_TOKEN_PREFIX = "kus_"
+SESSION_RETRY_SECONDS = 0.3
 
 # MIME types Gemini understands (ai.google.dev: image, document, audio and
 # video understanding); parameters such as `; charset=` are ignored.
@@ -142,7 +144,13 @@ class GeminiUploadHandler(GeminiHandler):
         self.session_token = values[0].decode("utf-8", "replace")
         session = None
         if self.session_token.startswith(SESSION_TOKEN_PREFIX):
-            session = await self.services.db.run(_find_session, token_hash(self.session_token), self.provider.name)
+            digest = token_hash(self.session_token)
+            session = await self.services.db.run(_find_session, digest, self.provider.name)
+            if session is None:
+                # Another Kylon process may have handed out this URL a moment
+                # ago and still be writing its session: look once more.
+                await asyncio.sleep(SESSION_RETRY_SECONDS)
+                session = await self.services.db.run(_find_session, digest, self.provider.name)
         if session is None:
             return None, "session"
         self.session = session
