@@ -75,6 +75,10 @@ class ResponseMeter:
                 parsed = json.loads(b"".join(self.body))
             except (ValueError, UnicodeDecodeError):
                 parsed = None
+            if isinstance(parsed, list) and parsed:
+                # A JSON array of answers (Gemini streaming without alt=sse):
+                # the last one carries the usage.
+                parsed = parsed[-1]
             if isinstance(parsed, dict):
                 usage = self.route.read_usage(parsed)
                 if usage is not None:

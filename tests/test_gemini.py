@@ -384,3 +384,16 @@ def test_free_calls_need_only_a_positive_balance(kylon, fake_gemini):
     assert file.size_bytes == 400_000
     assert c.models.count_tokens(model="gemini-2.5-flash", contents="x" * 100_000).total_tokens
     assert kylon.balance(agent["id"]) == Decimal("0.001")
+
+
+def test_stream_without_sse_is_billed_from_the_json_array(kylon, fake_gemini, agent_key):
+    """Without alt=sse Gemini streams one JSON array; its last element has the usage."""
+    agent, key = agent_key
+    r = httpx.post(kylon.url + "/proxy/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                   headers={"x-goog-api-key": key}, json={"contents": [{"parts": [{"text": "Hi"}]}]})
+    assert r.status_code == 200 and isinstance(r.json(), list)
+    record = kylon.usage(r.headers["x-kylon-request-id"])
+    assert record["stream"] is True and record["estimated"] is False
+    assert record["input_tokens"] == INPUT and record["output_tokens"] == OUTPUT
+    assert Decimal(record["credits"]) == FLASH_CALL
+    assert kylon.balance(agent["id"]) == Decimal("100") - FLASH_CALL
