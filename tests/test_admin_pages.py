@@ -448,7 +448,8 @@ def test_pages_fit_a_laptop_and_a_phone(page, kylon):
             if path == "/admin":
                 expect(page.locator("#usage-chart[data-drawn] svg")).to_be_visible()
             name = re.sub(r"s/[0-9]+$", "", path).strip("/").replace("/", "-")
-            page.screenshot(path=os.path.join(SCREENSHOTS, f"{kylon.db_kind}-{size_name}-{name}.png"), full_page=True)
+            if kylon.db_kind == "sqlite":  # the pages look the same on MariaDB
+                page.screenshot(path=os.path.join(SCREENSHOTS, f"{size_name}-{name}.png"), full_page=True)
             # Wide tables scroll inside their card; the page itself never scrolls sideways.
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{path} is {overflow}px too wide on a {size_name}"
