@@ -341,6 +341,8 @@ def test_usage_filters_pages_and_csv(page, kylon, fake_openai):
     expect(page.locator("text=No calls match this filter.")).to_be_visible()
     page.goto(base + "&until=2000-01-01T00:00")
     expect(page.locator("#total-requests")).to_have_text("0")
+    page.goto(base + "&since=yesterday")
+    expect(page.locator(".flash-error")).to_have_text("'since' must be an ISO 8601 time.")
 
     page.goto(base + "&per_page=2")
     expect(page.locator("#page-of")).to_have_text("Page 1 of 2")

@@ -196,15 +196,17 @@ class AdminPage(BaseHandler):
             self.flash(message, kind)
         self.redirect(url)
 
-    def render_page(self, template, status=200, **context):
+    def render_page(self, template, status=200, error=None, **context):
+        """A page; `error` is shown in place of the message a redirect left."""
         self.set_status(status)
+        flash = {"kind": "error", "message": error} if error else self.take_flash()
         page = TEMPLATE_ENV.get_template(template).render(
             xsrf_form_html=lambda: markupsafe.Markup(self.xsrf_form_html()),
             static_url=self.static_url,
             nav=self.nav,
             logged_in=self.session is not None,
             who=self.who,
-            flash=self.take_flash(),
+            flash=flash,
             **context,
         )
         self.finish(page)
@@ -254,7 +256,7 @@ class LoginPage(AdminPage):
     def get(self):
         if self.session is not None:
             return self.redirect(safe_next(self.get_argument("next", "")))
-        self.render_page("login.html", error=None, next=safe_next(self.get_argument("next", "")))
+        self.render_page("login.html", login_error=None, next=safe_next(self.get_argument("next", "")))
 
     async def post(self):
         next_url = safe_next(self.get_argument("next", ""))
@@ -287,7 +289,7 @@ class LoginPage(AdminPage):
         self.redirect(next_url)
 
     def refuse(self, status, message, next_url):
-        self.render_page("login.html", status=status, error=message, next=next_url)
+        self.render_page("login.html", status=status, login_error=message, next=next_url)
 
 
 class LogoutPage(AdminPage):
@@ -485,11 +487,12 @@ class UsagePage(AdminPage):
             rows = admin.list_usage(filters, per_page, (page - 1) * per_page)
             return totals, rows, admin.list_agents()
 
+        error = None
         try:
             totals, rows, agents = await self.services.db.run(work)
         except AdminError as e:
             totals, rows, agents = None, [], await self.services.db.run(admin.list_agents)
-            self.flash(e.message, "error")
+            error = e.message
         pages = max(1, math.ceil((totals or {}).get("requests", 0) / per_page))
         query = {k: v for k, v in filters.items() if v}
         if per_page != USAGE_PAGE_SIZE:
@@ -500,6 +503,7 @@ class UsagePage(AdminPage):
 
         self.render_page(
             "usage.html",
+            error=error,
             filters=filters,
             totals=totals,
             rows=rows,
