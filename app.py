@@ -28,6 +28,7 @@ from kylon.models import Gate, Setting, open_database
 from kylon.providers import load_providers
 from kylon.services import Services
 from kylon.settings import Settings
+from kylon.throttle import FailureThrottle
 from kylon.usage import Journal, UsageWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,6 +130,8 @@ async def serve(settings):
     writer = UsageWriter(worker, cache, settings.usage_flush_seconds, Journal(settings.journal_dir, journal_name))
     writer.replay_journal()
     services = Services(settings, worker, cache, writer, providers, pricebook, admin_hash)
+    services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,
+                                        forget_after=300)
     relay.configure_client(settings.max_upstream_connections)
 
     app = make_app(services, cookie_secret)

@@ -15,3 +15,5 @@ class Services:
     admin_token_hash: str
     # Proxy calls in progress (for a graceful shutdown).
     open_calls: set = field(default_factory=set)
+    # Failed key checks per client address (throttle.FailureThrottle).
+    bad_keys: object = None

@@ -44,6 +44,8 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     # Local journal of usage records not yet committed (replayed at start).
     journal_dir: str = "kylon-journal"
+    # Bad keys one client address may send before its answers slow down.
+    bad_key_free_failures: int = 10
     # Forwarded client addresses are trusted only from these proxies (nginx).
     xheaders: bool = False
     env: dict = field(default_factory=dict)
@@ -67,6 +69,7 @@ class Settings:
             usage_flush_seconds=_float(env, "KYLON_USAGE_FLUSH_SECONDS", 0.25),
             shutdown_grace_seconds=_float(env, "KYLON_SHUTDOWN_GRACE_SECONDS", 30),
             journal_dir=env.get("KYLON_JOURNAL_DIR") or "kylon-journal",
+            bad_key_free_failures=_int(env, "KYLON_BAD_KEY_FREE_FAILURES", 10),
             xheaders=(env.get("KYLON_TRUST_PROXY_HEADERS", "").lower() in ("1", "true", "yes")),
             env=env,
         )

@@ -50,6 +50,23 @@ def drop_database(url):
     conn.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log():
+    """After the whole suite: no agent key, admin token or operator credential
+    the suite created appears in any Kylon log."""
+    yield
+    from . import kylon_process
+
+    secrets = CREATED_SECRETS | kylon_process.CREATED_KEYS
+    for path in sorted(kylon_process.LOG_PATHS):
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        leaked = sorted(s[:12] + "…" for s in secrets if s and s in text)
+        assert not leaked, f"{path} contains secrets: {leaked}"
+
+
 @pytest.fixture(scope="session")
 def fakes():
     """Every fake upstream in tests/fakes (name -> fake), started once."""

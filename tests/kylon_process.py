@@ -15,6 +15,10 @@ from .fakes.server import free_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADMIN_TOKEN = "kat_test_admin_token_" + uuid.uuid4().hex
 LOG_DIR = os.path.join(ROOT, "test-artifacts", "logs")
+# Every Kylon log and every agent key of this test session (conftest checks
+# at the end that no key or credential ever reached a log line).
+LOG_PATHS = set()
+CREATED_KEYS = {ADMIN_TOKEN}
 
 
 class Kylon:
@@ -24,6 +28,7 @@ class Kylon:
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
         self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
+        LOG_PATHS.add(self.log_path)
         self.env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -33,6 +38,9 @@ class Kylon:
             "KYLON_ADMIN_TOKEN": ADMIN_TOKEN,
             "KYLON_USAGE_FLUSH_SECONDS": "0.05",
             "KYLON_CACHE_REFRESH_SECONDS": "0.5",
+            # Every test client is 127.0.0.1: only the hostile-input tests
+            # keep the production default (10).
+            "KYLON_BAD_KEY_FREE_FAILURES": "100000",
             "KYLON_JOURNAL_DIR": os.path.join(ROOT, "test-artifacts", "journal", f"{name}-{self.port}"),
             **(env or {}),
         }
@@ -88,6 +96,7 @@ class Kylon:
     def create_key(self, agent_id, name="test key", **extra):
         r = self.admin("POST", f"/agents/{agent_id}/keys", json={"name": name, **extra})
         assert r.status_code == 201, r.text
+        CREATED_KEYS.add(r.json()["key"])
         return r.json()
 
     def agent_with_key(self, credits="100", skills=()):

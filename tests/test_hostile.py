@@ -39,7 +39,7 @@ def canary():
 def hk(tmp_path_factory, upstream_env):
     url = "sqlite:///" + str(tmp_path_factory.mktemp("hostile") / "kylon.db")
     k = Kylon(url, {**upstream_env, "KYLON_MAX_BODY_BYTES": "100000", "KYLON_CLIENT_IDLE_TIMEOUT": "1",
-                    "KYLON_CLIENT_BODY_TIMEOUT": "1"}, name="hostile")
+                    "KYLON_CLIENT_BODY_TIMEOUT": "1", "KYLON_BAD_KEY_FREE_FAILURES": "10"}, name="hostile")
     agent, key = k.agent_with_key("100", skills=["elevenlabs"])
     k.key = key
     k.agent = agent

@@ -23,7 +23,6 @@ from ..billing import Usage, credits_for
 from ..meter import ResponseMeter, settle_usage
 from ..models import utcnow
 from ..providers import Exchange
-from ..throttle import FailureThrottle
 from .base import BaseHandler
 
 log = logging.getLogger("kylon.proxy")
@@ -47,9 +46,6 @@ _UNSAFE_PATH = re.compile(r"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\|//|%00|%0d|%0a", re.I
 def safe_path(path):
     return not _UNSAFE_PATH.search(path)
 
-
-# Repeated bad keys from one address are answered ever more slowly.
-BAD_KEYS = FailureThrottle(free=10, base_delay=0.05, max_delay=5.0)
 
 OUT_OF_CREDITS = (
     "Out of credits: this agent's balance, less what its running calls hold, is not positive."
@@ -141,7 +137,8 @@ class ProxyHandler(BaseHandler):
             log.warning("key lookup failed: %s", e)
             return self.send_kylon_error(503, "Kylon cannot check this key right now (database unavailable).")
         if key_entry is None:
-            delay = BAD_KEYS.record_failure(self.request.remote_ip)
+            # Repeated bad keys from one address are answered ever more slowly.
+            delay = services.bad_keys.record_failure(self.request.remote_ip)
             if delay:
                 await asyncio.sleep(delay)
             return self.reject_unauthenticated(agent)
