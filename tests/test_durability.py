@@ -67,3 +67,69 @@ def test_database_away_for_30_seconds(make_kylon):
     records = k.usage_for_agent(agent["id"], calls + 1, timeout=30)
     assert len(records) == calls + 1 == len({r["request_id"] for r in records})
     assert k.balance(agent["id"]) == Decimal("1") - (calls + 1) * GPT_4O_MINI_CALL
+
+
+# -- an upstream that misbehaves ---------------------------------------------------
+
+import httpx  # noqa: E402
+
+from .fakes import openai_fake  # noqa: E402
+
+
+def post_chat(k, key, model, stream=False, timeout=30):
+    return httpx.post(k.url + "/proxy/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": model, "messages": MESSAGES, "stream": stream}, timeout=timeout)
+
+
+def test_garbage_sse_is_relayed_untouched_and_billed_as_estimated(kylon, agent_key):
+    _, key = agent_key
+    r = post_chat(kylon, key, "garbage-stream", stream=True)
+    assert r.status_code == 200 and r.content == openai_fake.GARBAGE_STREAM
+    record = kylon.usage(r.headers["x-kylon-request-id"])
+    assert record["status"] == "completed" and record["estimated"] is True
+
+
+def test_stream_that_never_reports_usage_is_estimated(kylon, agent_key):
+    agent, key = agent_key
+    stream = openai.OpenAI(base_url=kylon.url + "/proxy/openai/v1", api_key=key, max_retries=0) \
+        .chat.completions.with_streaming_response.create(model="no-usage-stream", messages=MESSAGES, stream=True)
+    with stream as response:
+        chunks = list(response.parse())
+        request_id = response.headers["x-kylon-request-id"]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    record = kylon.usage(request_id)
+    assert record["status"] == "completed" and record["estimated"] is True
+    assert record["output_tokens"] == len(chunks) and record["input_tokens"] > 0
+    assert kylon.balance(agent["id"]) == Decimal(100) - Decimal(record["credits"])
+
+
+def test_ten_megabyte_error_body_passes_through(kylon, agent_key):
+    agent, key = agent_key
+    r = post_chat(kylon, key, "huge-error")
+    assert r.status_code == 500 and r.content == openai_fake.HUGE_ERROR_BODY
+    assert r.json()["error"]["type"] == "server_error"
+    record = kylon.usage(r.headers["x-kylon-request-id"])
+    assert record["status"] == "upstream_error" and record["http_status"] == 500 and record["credits"] == "0E-9"
+
+
+def test_reset_before_headers_is_502(kylon, agent_key):
+    _, key = agent_key
+    r = post_chat(kylon, key, "reset-before-headers")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+    record = kylon.usage(r.headers["x-kylon-request-id"])
+    assert record["status"] == "error" and record["http_status"] == 502 and record["error"]
+
+
+def test_reset_mid_stream_ends_the_answer_and_is_recorded(kylon, agent_key):
+    _, key = agent_key
+    with httpx.stream("POST", kylon.url + "/proxy/openai/v1/chat/completions",
+                      headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "reset-mid-stream", "messages": MESSAGES, "stream": True}, timeout=10) as r:
+        request_id = r.headers["x-kylon-request-id"]
+        try:
+            body = b"".join(r.iter_raw())
+        except httpx.HTTPError:
+            body = b""
+    assert b"[DONE]" not in body
+    record = kylon.usage(request_id)
+    assert record["status"] == "error" and record["estimated"] is True and record["output_tokens"] >= 1

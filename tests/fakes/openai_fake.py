@@ -9,6 +9,10 @@ The model name picks a behaviour, so a test needs no set-up calls:
   held-stream        one chunk, then waits for `fake.release` before the rest
   slow-headers       no answer for 30 s (time-out and non-stream disconnect tests)
   drop-mid-stream    a few chunks, then the connection is cut without [DONE]
+  no-usage-stream    a normal stream that never sends the usage chunk it was asked for
+  garbage-stream     bytes no parser likes, then [DONE]
+  huge-error         HTTP 500 with a 10 MB error body
+  reset-before-headers / reset-mid-stream   the connection reset (RST)
 Anything else answers normally. Usage figures are fixed per call:
 prompt 9 (3 cached), completion 12 (4 reasoning).
 
@@ -24,6 +28,8 @@ import asyncio
 import base64
 import email.message
 import json
+import socket
+import struct
 import threading
 import time
 
@@ -63,6 +69,18 @@ def openai_error(status, message, err_type, code):
     return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
 
 
+HUGE_ERROR_BODY = json.dumps(
+    {"error": {"message": "x" * 10 * 1024 * 1024, "type": "server_error", "param": None, "code": None}}
+).encode()
+# Bytes no SSE parser should choke on: broken JSON, binary junk, stray fields.
+GARBAGE_STREAM = (
+    b"data: {not json\n\n"
+    b"\x00\xff\xfe\x80 garbage without a field name\n\n"
+    b"event: \xc3\x28\ndata: \xff\n\n"
+    b'data: {"choices": "not a list", "usage": "nope"}\n\n'
+    b"data: [DONE]\n\n"
+)
+
 ERRORS = {
     "error-429": (429, openai_error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")),
     "error-500": (500, openai_error(500, "The server had an error", "server_error", None)),
@@ -94,7 +112,33 @@ class OpenAIHandler(RecordingHandler):
             if not self.client_gone():
                 self.finish({"error": "too late"})
             return True
+        if model == "huge-error":
+            self.set_status(500)
+            self.set_header("Content-Type", "application/json")
+            self.finish(HUGE_ERROR_BODY)
+            return True
+        if model == "reset-before-headers":
+            self.reset_connection()
+            return True
+        if model == "garbage-stream":
+            self.start_stream()
+            self.write(GARBAGE_STREAM)
+            self.finish()
+            return True
+        if model == "reset-mid-stream":
+            self.start_stream()
+            await self.send(json.dumps({"id": "x", "object": "chat.completion.chunk",
+                                        "choices": [{"index": 0, "delta": {"content": "Hel"}}]}))
+            await asyncio.sleep(0.05)
+            self.reset_connection()
+            return True
         return False
+
+    def reset_connection(self):
+        """Close with a TCP reset (SO_LINGER 0), as a crashing upstream would."""
+        sock = self.request.connection.stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.connection.stream.close()
 
     def start_stream(self):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -174,7 +218,7 @@ class ChatCompletions(OpenAIHandler):
             if i == 0 and not await self.pause_for(model):
                 return
         await self.send(chunk({}, "stop"))
-        if include_usage:
+        if include_usage and model != "no-usage-stream":
             await self.send(json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": chat_usage()}))
         await self.send("[DONE]")
         self.finish()
