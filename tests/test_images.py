@@ -416,3 +416,19 @@ def test_body_stream_back_pressure_and_end():
         assert blocked.done() and late.feed(b"more") is None and late._read(10) == pycurl.READFUNC_ABORT
 
     asyncio.run(scenario())
+
+
+def test_an_image_call_holds_its_images_not_its_upload_bytes():
+    """While it runs a call holds its likely cost: for a 50 MB edit (the model
+    still unknown, so the fallback price), one large image, not 13M "tokens"."""
+    from kylon.billing import credits_for
+    from kylon.providers.base import Exchange
+    from kylon.providers.openai import provider
+
+    edits = next(route for route in provider.routes if route.name == "images.edits")
+    exchange = Exchange("req_test", edits, "/v1/images/edits", request_bytes=50 * 1024 * 1024)
+    hold = credits_for(provider.hold_usage(exchange), provider.fallback_price)
+    assert hold == (6240 * Decimal("20.00")) / 1_000_000 + Decimal("0.00001")
+    generations = next(route for route in provider.routes if route.name == "images.generations")
+    exchange = Exchange("req_test", generations, "/v1/images/generations", request_json={"n": 3})
+    assert provider.hold_usage(exchange).units == 3

@@ -115,6 +115,9 @@ def responses_event(exchange, event):
 # OpenAI counts each partial image of a stream as 100 output image tokens: the
 # estimate of a stream cut before its completed event.
 PARTIAL_IMAGE_TOKENS = 100
+# The output tokens of the largest high-quality GPT image (1536x1024): what a
+# call holds per image while it runs.
+HOLD_IMAGE_OUTPUT_TOKENS = 6240
 # Request fields only GPT image models take: with one of them and no model,
 # OpenAI uses gpt-image-1 rather than its default dall-e-2.
 _GPT_IMAGE_ONLY = ("background", "moderation", "output_compression", "output_format", "partial_images",
@@ -303,6 +306,16 @@ class OpenAI(Provider):
         if exchange.route is not None and exchange.route.name == "images.edits":
             read_edit_request(exchange, body)
         return body
+
+    def hold_usage(self, exchange):
+        if exchange.route is None or not exchange.route.name.startswith("images."):
+            return super().hold_usage(exchange)
+        # Per image, the dearest answer (a large high-quality GPT image is 6,240
+        # output tokens; DALL-E, one image). Uploaded image bytes are not text
+        # tokens: a large edit must not hold as if it were a long prompt.
+        n = (exchange.request_json or {}).get("n")
+        n = n if isinstance(n, int) and 0 < n <= 10 else 1
+        return Usage(output_tokens=HOLD_IMAGE_OUTPUT_TOKENS * n, units=Decimal(n))
 
 
 provider = OpenAI()
