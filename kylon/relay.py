@@ -320,6 +320,17 @@ class UpstreamCall:
             # A paused upload looks at nothing until unpaused: abort it now.
             self.body.close()
         self._shutdown_socket()
+        self._wake()
+
+    def _wake(self):
+        """Make libcurl look at the transfer now (unpausing sets a 0 ms timer),
+        so the progress callback aborts it even if the socket could not be
+        shut down (no connection yet)."""
+        if self._curl is not None:
+            try:
+                self._curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
 
     def _start_first_byte_timer(self):
         self._timer = IOLoop.current().call_later(self.first_byte_timeout, self._first_byte_expired)
