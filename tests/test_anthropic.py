@@ -160,6 +160,7 @@ def test_error_event_mid_stream(kylon, agent_key):
     record = kylon.usage(request_id)
     assert record["input_tokens"] == ALL_INPUT and record["output_tokens"] == 2  # two deltas
     assert record["estimated"] is True
+    assert record["status"] == "upstream_error" and record["http_status"] == 200 and record["error"]
     assert_billed(kylon, agent, record)
 
 

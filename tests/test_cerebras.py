@@ -114,6 +114,7 @@ def test_error_chunk_mid_stream_raises_and_is_recorded(kylon, agent_key):
     assert err.value.message == "Internal server error"
     [record] = [r for r in kylon.usage_for_agent(agent["id"], 2) if r["route"] == "chat.completions"]
     assert record["estimated"] is True and record["output_tokens"] >= 2
+    assert record["status"] == "upstream_error" and record["error"] == "Internal server error"
     assert kylon.balance(agent["id"]) == Decimal("100") - Decimal(record["credits"])
 
 

@@ -112,6 +112,7 @@ def test_mid_stream_error_chunk(kylon, agent_key):
     [record] = kylon.usage_for_agent(agent["id"], 1)
     # No usage came: what was streamed, estimated.
     assert record["estimated"] is True and record["output_tokens"] >= 2 and record["input_tokens"] > 0
+    assert record["status"] == "upstream_error" and record["error"] == "Provider returned error"
     assert kylon.balance(agent["id"]) == Decimal("100") - Decimal(record["credits"])
 
 

@@ -294,12 +294,13 @@ class ProxyHandler(BaseHandler):
         refusal = await provider.ready(exchange)
         if refusal is not None:
             return self.reject(refusal[0], refusal[1], reason="provider")
+        body = provider.prepare_request(exchange, body)
         # Hold the call's likely maximum cost while it runs (released in record()).
-        hold = credits_for(provider.hold_usage(exchange), self.services.pricebook.price(provider.name, exchange.model)[0])
+        price = self.services.pricebook.price(provider.name, exchange.price_model or exchange.model)[0]
+        hold = credits_for(provider.hold_usage(exchange), price)
         if not self.services.cache.try_hold(self.agent, hold):
             return self.reject(402, OUT_OF_CREDITS, reason="credits")
         self.held = hold
-        body = provider.prepare_request(exchange, body)
         if self.upload is not None:
             # What the provider saw goes first; the rest follows as it arrives.
             self.upload.put_first(body)
@@ -404,6 +405,12 @@ class ProxyHandler(BaseHandler):
                 kind = "http_4xx" if status < 500 else "http_5xx"
                 metrics.UPSTREAM_ERRORS.labels(*label, kind).inc()
                 self.record("upstream_error", status, Usage(), error=f"upstream answered {status}")
+            elif exchange.stream_error:
+                # The answer began well and then carried an error: what was
+                # consumed is billed, the call counts as an upstream error.
+                metrics.UPSTREAM_ERRORS.labels(*label, "in_stream").inc()
+                self.record("upstream_error", status, settle_usage(exchange, finished=True),
+                            error=exchange.stream_error)
             else:
                 self.record("completed", status, settle_usage(exchange, finished=True))
             self.finish()

@@ -16,7 +16,7 @@ The functions here also serve Claude on Vertex AI (anthropic_vertex.py).
 from decimal import Decimal
 
 from ..billing import Price, Usage
-from .base import Provider, Route, integer, json_or_none
+from .base import Provider, Route, error_message, integer, json_or_none
 
 
 def usage_from_fields(fields):
@@ -66,6 +66,7 @@ def message_event(exchange, event):
     elif name == b"error":
         # The answer broke off (e.g. overloaded_error): no final output figure
         # will come, so bill the deltas seen and say it is an estimate.
+        exchange.stream_error = error_message(json_or_none(event.data or b"")) or "error event"
         usage = exchange.usage
         if usage is not None and not exchange.usage_final:
             usage.output_tokens = max(usage.output_tokens, exchange.output_events)

@@ -63,6 +63,9 @@ class Exchange:
     usage: Usage | None = None
     # True once `usage` holds the provider's final figures for the call.
     usage_final: bool = False
+    # An error the provider reported inside an answer that began with HTTP 200
+    # (an error event or chunk mid-stream): the call is recorded as upstream_error.
+    stream_error: str = ""
     # Set by a rewrite that asked upstream for something the client did not
     # (OpenAI's stream usage chunk): that part of the answer is kept from it.
     hide_usage_chunk: bool = False
@@ -198,3 +201,17 @@ def integer(mapping, *path):
             return 0
         value = value.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def error_message(payload):
+    """The message of a provider error object, in any of the usual shapes:
+    {"error": {"message": …}}, {"error": "…"}, {"message": …, "code": …}."""
+    if not isinstance(payload, dict):
+        return ""
+    error = payload.get("error", payload)
+    if isinstance(error, str):
+        return error[:500] or "error"
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("code") or error.get("type") or "error"
+        return str(message)[:500]
+    return "error"

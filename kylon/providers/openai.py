@@ -13,7 +13,7 @@ import re
 from decimal import Decimal
 
 from ..billing import Price, Usage
-from .base import Provider, Route, integer, json_or_none
+from .base import Provider, Route, error_message, integer, json_or_none
 
 # Chat chunks carry `"usage":null` on every event once usage is requested; only
 # a chunk with a real usage object needs parsing.
@@ -64,6 +64,12 @@ def chat_event(exchange, event):
                 exchange.usage_final = True
                 if exchange.hide_usage_chunk and not chunk.get("choices"):
                     return False
+    if b'"error":' in data:
+        # A quote inside JSON text is escaped, so this is a real key: a
+        # mid-stream error chunk (OpenAI, OpenRouter, Cerebras).
+        chunk = json_or_none(data)
+        if chunk is not None and chunk.get("error"):
+            exchange.stream_error = error_message(chunk)
     exchange.output_events += 1
     return True
 
@@ -95,6 +101,11 @@ def responses_event(exchange, event):
             if usage is not None:
                 exchange.usage = usage
                 exchange.usage_final = True
+            if name == b"response.failed":
+                exchange.stream_error = error_message(payload["response"]) or "response.failed"
+    elif name == b"error":
+        # Two shapes are seen: code/message at the top, or nested under "error".
+        exchange.stream_error = error_message(json_or_none(event.data or b"")) or "error event"
     return True
 
 
