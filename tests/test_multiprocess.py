@@ -67,6 +67,36 @@ def test_thousand_concurrent_calls_over_two_processes_debit_exactly(pair):
     assert b.balance(agent["id"]) == Decimal("1") - 1000 * GPT_4O_MINI_CALL
 
 
+def test_thousand_concurrent_calls_through_one_nginx_upstream_block(pair, tmp_path_factory):
+    """The way users outgrow one process: nginx spreads calls over both."""
+    from .test_nginx import Front
+
+    a, b = pair
+    agent, key = a.agent_with_key("1")
+    front = Front([a, b], tmp_path_factory.mktemp("nginx-pair"))
+    try:
+        client = httpx.Client(verify=front.tls(), timeout=30,
+                              limits=httpx.Limits(max_connections=100, max_keepalive_connections=100))
+
+        def call(_):
+            r = client.post(front.url + "/proxy/openai/v1/chat/completions",
+                            headers={"Authorization": f"Bearer {key}"},
+                            json={"model": "gpt-4o-mini", "messages": MESSAGES})
+            return r.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(100) as pool:
+            statuses = list(pool.map(call, range(1000)))
+    finally:
+        front.stop()
+    assert statuses.count(200) == 1000
+    records = a.usage_for_agent(agent["id"], 1000, timeout=30)
+    served_by_a = sum(1 for line in a.read_log().splitlines() if "POST /proxy/openai" in line)
+    served_by_b = sum(1 for line in b.read_log().splitlines() if "POST /proxy/openai" in line)
+    assert served_by_a > 100 and served_by_b > 100 and served_by_a + served_by_b == 1000
+    assert len({r["request_id"] for r in records}) == 1000
+    assert a.balance(agent["id"]) == Decimal("1") - 1000 * GPT_4O_MINI_CALL
+
+
 def test_revocation_skill_and_price_changes_reach_the_other_process(pair):
     a, b = pair
     agent, key = a.agent_with_key("5")

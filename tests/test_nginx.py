@@ -68,8 +68,11 @@ def substitute(text, pattern, replacement):
     return result
 
 
-def front_config(shipped, kylon_port, http_port, https_port, cert, key):
-    conf = substitute(shipped, r"^([ \t]*server[ \t]+)127\.0\.0\.1:8080;", rf"\g<1>127.0.0.1:{kylon_port};")
+def front_config(shipped, kylon_ports, http_port, https_port, cert, key):
+    """The shipped file with its ports; several Kylon ports make the upstream
+    block list several servers (several processes on one database)."""
+    servers = ";\n    server ".join(f"127.0.0.1:{port}" for port in kylon_ports)
+    conf = substitute(shipped, r"^([ \t]*server[ \t]+)127\.0\.0\.1:8080;", rf"\g<1>{servers};")
     conf = substitute(conf, r"^([ \t]*listen[ \t]+)80;", rf"\g<1>127.0.0.1:{http_port};")
     conf = substitute(conf, r"^([ \t]*listen[ \t]+)443 ssl;", rf"\g<1>127.0.0.1:{https_port} ssl;")
     conf = substitute(conf, r"^([ \t]*ssl_certificate[ \t]+)\S+;", rf"\g<1>{cert};")
@@ -112,6 +115,8 @@ def wait_for_port(port, proc, log_path, timeout=15):
 
 class Front:
     def __init__(self, kylon, prefix):
+        """nginx in front of a Kylon (or of a list of Kylon processes)."""
+        kylons = kylon if isinstance(kylon, list) else [kylon]
         self.kylon = kylon
         self.prefix = str(prefix)
         self.http_port, self.https_port = free_port(), free_port()
@@ -120,7 +125,7 @@ class Front:
         with open(CONF) as f:
             shipped = f.read()
         with open(os.path.join(self.prefix, "kylon.conf"), "w") as f:
-            f.write(front_config(shipped, kylon.port, self.http_port, self.https_port, self.cert, key))
+            f.write(front_config(shipped, [k.port for k in kylons], self.http_port, self.https_port, self.cert, key))
         with open(os.path.join(self.prefix, "nginx.conf"), "w") as f:
             f.write(wrapper_config(self.prefix))
         self.error_log = os.path.join(self.prefix, "error.log")
