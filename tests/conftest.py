@@ -17,37 +17,33 @@ MYSQL_SERVER = os.environ.get("KYLON_TEST_MYSQL_URL", "mysql://root@127.0.0.1:33
 CREATED_SECRETS = set()
 
 
-def scratch_database_url(kind, tmp_path_factory):
-    if kind == "sqlite":
-        return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "kylon.db")
+def mysql_server_sql(server_url, statement):
+    """Run one statement on the MySQL server of `mysql://user:pass@host:port`."""
     import pymysql
 
-    name = "kylon_test_" + uuid.uuid4().hex[:10]
-    rest = MYSQL_SERVER.split("://", 1)[1]
-    userinfo, _, hostport = rest.rpartition("@")
+    userinfo, _, hostport = server_url.split("://", 1)[1].rpartition("@")
     user, _, password = userinfo.partition(":")
     host, _, port = hostport.partition(":")
     conn = pymysql.connect(host=host, port=int(port or 3306), user=user or "root", password=password)
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    conn.close()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def scratch_database_url(kind, tmp_path_factory):
+    if kind == "sqlite":
+        return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "kylon.db")
+    name = "kylon_test_" + uuid.uuid4().hex[:10]
+    mysql_server_sql(MYSQL_SERVER, f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
     return f"{MYSQL_SERVER}/{name}"
 
 
 def drop_database(url):
-    if not url.startswith("mysql"):
-        return
-    import pymysql
-
-    server, _, name = url.rpartition("/")
-    rest = server.split("://", 1)[1]
-    userinfo, _, hostport = rest.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    host, _, port = hostport.partition(":")
-    conn = pymysql.connect(host=host, port=int(port or 3306), user=user or "root", password=password)
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name}")
-    conn.close()
+    if url.startswith("mysql"):
+        server, _, name = url.rpartition("/")
+        mysql_server_sql(server, f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,7 +4,6 @@ no Kylon key goes upstream or into a log line.
 Requests are written on raw sockets where an HTTP client would tidy them up
 (dot segments, CRLF, absolute request targets, broken framing)."""
 
-import json
 import socket
 import time
 

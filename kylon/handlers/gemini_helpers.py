@@ -273,21 +273,14 @@ class UploadUrlsHandler(HelperHandler):
             "X-Goog-Upload-Header-Content-Type": item["mime_type"],
         }
         answer = BufferedAnswer()
-        settings = self.services.settings
-        self.call = relay.UpstreamCall(
+        outcome = await self.call_upstream(
             "POST",
             provider.base_url + "/upload/v1beta/files",
             headers,
             json.dumps(metadata).encode("utf-8"),
-            on_headers=answer.headers_arrived,
-            on_chunk=answer.chunks.append,
-            connect_timeout=settings.connect_timeout,
-            first_byte_timeout=settings.first_byte_timeout,
-            idle_timeout=settings.idle_timeout,
+            answer.headers_arrived,
+            answer.chunks.append,
         )
-        if self.client_gone or self.interrupted:
-            self.call.cancel()
-        outcome = await self.call.run()
         if self.first_byte_at is None and answer.headers is not None:
             self.first_byte_at = time.monotonic()
         if outcome != relay.COMPLETED or self.client_gone or self.interrupted:

@@ -307,23 +307,35 @@ class ProxyHandler(BaseHandler):
             body = self.upload
         headers = self.upstream_headers()
         self.meter = ResponseMeter(exchange) if route is not None else None
-        settings = self.services.settings
         method = self.request.method
-        self.call = relay.UpstreamCall(
+        outcome = await self.call_upstream(
             method,
             provider.upstream_url(exchange),
             headers,
             body if (body or method in ("POST", "PUT", "PATCH")) else None,
-            on_headers=self.upstream_headers_arrived,
-            on_chunk=self.upstream_chunk,
+            self.upstream_headers_arrived,
+            self.upstream_chunk,
+        )
+        self.finish_call(outcome)
+
+    async def call_upstream(self, method, url, headers, body, on_headers, on_chunk):
+        """One upstream call with Kylon's time-outs, kept in self.call so that a
+        client leaving or a shutdown can cancel it; returns its outcome."""
+        settings = self.services.settings
+        self.call = relay.UpstreamCall(
+            method,
+            url,
+            headers,
+            body,
+            on_headers=on_headers,
+            on_chunk=on_chunk,
             connect_timeout=settings.connect_timeout,
             first_byte_timeout=settings.first_byte_timeout,
             idle_timeout=settings.idle_timeout,
         )
         if self.client_gone or self.interrupted:
             self.call.cancel()
-        outcome = await self.call.run()
-        self.finish_call(outcome)
+        return await self.call.run()
 
     def upstream_headers(self):
         provider = self.provider

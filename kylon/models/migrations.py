@@ -12,7 +12,6 @@ import logging
 import peewee
 from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate
 
-from .base import database
 from .pricing import Setting
 from .usage import UsageRecord
 

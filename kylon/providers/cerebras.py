@@ -13,7 +13,7 @@ not a model call.
 
 from ..billing import Price, Usage
 from .base import Provider, Route
-from .openai import ask_for_stream_usage, chat_event, chat_usage
+from .openai import chat_completions_route
 
 
 class Cerebras(Provider):
@@ -24,13 +24,7 @@ class Cerebras(Provider):
     default_base_url = "https://api.cerebras.ai"
 
     routes = [
-        Route(
-            r"/v1/chat/completions",
-            "chat.completions",
-            read_usage=chat_usage,
-            on_event=chat_event,
-            rewrite=ask_for_stream_usage,
-        ),
+        chat_completions_route(),
         Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw"),
     ]
 

@@ -74,6 +74,17 @@ def chat_event(exchange, event):
     return True
 
 
+def chat_completions_route():
+    """POST /v1/chat/completions as OpenAI defines it (Cerebras serves the same)."""
+    return Route(
+        r"/v1/chat/completions",
+        "chat.completions",
+        read_usage=chat_usage,
+        on_event=chat_event,
+        rewrite=ask_for_stream_usage,
+    )
+
+
 def responses_usage(body):
     usage = body.get("usage")
     if not isinstance(usage, dict):
@@ -271,13 +282,7 @@ class OpenAI(Provider):
     drop_request_headers = ("openai-organization", "openai-project")
 
     routes = [
-        Route(
-            r"/v1/chat/completions",
-            "chat.completions",
-            read_usage=chat_usage,
-            on_event=chat_event,
-            rewrite=ask_for_stream_usage,
-        ),
+        chat_completions_route(),
         Route(r"/v1/responses", "responses", read_usage=responses_usage, on_event=responses_event),
         Route(
             r"/v1/images/generations",
