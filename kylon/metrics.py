@@ -72,3 +72,17 @@ USAGE_WRITE_FAILURES = Counter(
     "kylon_usage_write_failures_total",
     "Failed attempts to write a batch of usage records (they are kept and retried).",
 )
+
+
+# Labelled series, looked up once: `.labels()` validates and locks on every
+# call, and a proxied call touches about ten series. The label values are
+# bounded (providers, route names, known models or "other"), so is this map.
+_children = {}
+
+
+def child(metric, *labels):
+    key = (metric, labels)
+    series = _children.get(key)
+    if series is None:
+        series = _children[key] = metric.labels(*labels)
+    return series

@@ -186,7 +186,7 @@ class ProxyHandler(BaseHandler):
         return await self.services.cache.lookup(self.provider.client_key(self.request))
 
     def reject_unauthenticated(self, reason):
-        metrics.REJECTED.labels(self.provider.name, "key").inc()
+        metrics.child(metrics.REJECTED, self.provider.name, "key").inc()
         detail = {"revoked": "has been revoked", "expired": "has expired"}.get(reason)
         if detail:
             message = f"This Kylon API key {detail}."
@@ -198,7 +198,7 @@ class ProxyHandler(BaseHandler):
 
     def reject(self, status, message, reason="bad_request"):
         """Refuse an authenticated call before it goes upstream; it is recorded."""
-        metrics.REJECTED.labels(self.provider.name, reason).inc()
+        metrics.child(metrics.REJECTED, self.provider.name, reason).inc()
         self.send_kylon_error(status, message)
         self.record("rejected", status, Usage(), error=message)
 
@@ -361,8 +361,8 @@ class ProxyHandler(BaseHandler):
             self.exchange.usage = usage
         if self.client_gone:
             return
-        self.clear()
         self.set_status(status, self.call.reason or None)
+        # Only Kylon's defaults are set so far: the upstream's content type wins.
         self._headers.pop("Content-Type", None)
         drop = set(self.provider.drop_response_headers)
         seen = set()
@@ -378,7 +378,7 @@ class ProxyHandler(BaseHandler):
         self.set_header("X-Accel-Buffering", "no")
         self.streaming = "text/event-stream" in (headers.get("Content-Type") or "")
         if self.streaming:
-            metrics.ACTIVE_STREAMS.labels(self.provider.name).inc()
+            metrics.child(metrics.ACTIVE_STREAMS, self.provider.name).inc()
         self.headers_sent = True
         self.flush()
 
@@ -394,7 +394,7 @@ class ProxyHandler(BaseHandler):
         status = call.status or 0
         tail = self.meter.close() if self.meter is not None else b""
         if self.streaming:
-            metrics.ACTIVE_STREAMS.labels(self.provider.name).dec()
+            metrics.child(metrics.ACTIVE_STREAMS, self.provider.name).dec()
         label = (self.provider.name, self.route_name)
         if self.interrupted and not self.client_gone:
             usage = settle_usage(exchange, finished=outcome == relay.COMPLETED)
@@ -405,7 +405,7 @@ class ProxyHandler(BaseHandler):
             self.record("interrupted", status or 503, usage, error="shutdown")
             return
         if self.client_gone or outcome == relay.CANCELLED:
-            metrics.CLIENT_DISCONNECTS.labels(*label).inc()
+            metrics.child(metrics.CLIENT_DISCONNECTS, *label).inc()
             usage = settle_usage(exchange, finished=outcome == relay.COMPLETED)
             self.record("disconnected", status or 499, usage)
             return
@@ -415,19 +415,19 @@ class ProxyHandler(BaseHandler):
             # Recorded (and journaled) before the answer's last bytes go out.
             if status >= 400:
                 kind = "http_4xx" if status < 500 else "http_5xx"
-                metrics.UPSTREAM_ERRORS.labels(*label, kind).inc()
+                metrics.child(metrics.UPSTREAM_ERRORS, *label, kind).inc()
                 self.record("upstream_error", status, Usage(), error=f"upstream answered {status}")
             elif exchange.stream_error:
                 # The answer began well and then carried an error: what was
                 # consumed is billed, the call counts as an upstream error.
-                metrics.UPSTREAM_ERRORS.labels(*label, "in_stream").inc()
+                metrics.child(metrics.UPSTREAM_ERRORS, *label, "in_stream").inc()
                 self.record("upstream_error", status, settle_usage(exchange, finished=True),
                             error=exchange.stream_error)
             else:
                 self.record("completed", status, settle_usage(exchange, finished=True))
             self.finish()
             return
-        metrics.UPSTREAM_ERRORS.labels(*label, outcome).inc()
+        metrics.child(metrics.UPSTREAM_ERRORS, *label, outcome).inc()
         error = call.error or outcome
         if not self.headers_sent:
             code = 504 if outcome == relay.TIMEOUT else 502
@@ -493,19 +493,19 @@ class ProxyHandler(BaseHandler):
         now = time.monotonic()
         ttfb = None if self.first_byte_at is None else self.first_byte_at - self.t0
         route = self.route_name
-        metrics.REQUESTS.labels(provider.name, route, status_class(http_status)).inc()
-        metrics.REQUEST_DURATION.labels(provider.name, route).observe(now - self.t0)
+        metrics.child(metrics.REQUESTS, provider.name, route, status_class(http_status)).inc()
+        metrics.child(metrics.REQUEST_DURATION, provider.name, route).observe(now - self.t0)
         if ttfb is not None:
-            metrics.TIME_TO_FIRST_BYTE.labels(provider.name, route).observe(ttfb)
+            metrics.child(metrics.TIME_TO_FIRST_BYTE, provider.name, route).observe(ttfb)
         model_label = model if services.pricebook.known_model(provider.name, model) else "other"
         for kind in ("input", "cached_input", "cache_write", "output", "reasoning"):
             count = getattr(usage, kind + "_tokens")
             if count:
-                metrics.TOKENS.labels(provider.name, model_label, kind).inc(count)
+                metrics.child(metrics.TOKENS, provider.name, model_label, kind).inc(count)
         if usage.units:
-            metrics.UNITS.labels(provider.name, model_label, usage.unit).inc(float(usage.units))
+            metrics.child(metrics.UNITS, provider.name, model_label, usage.unit).inc(float(usage.units))
         if credits:
-            metrics.CREDITS.labels(provider.name, model_label).inc(float(credits))
+            metrics.child(metrics.CREDITS, provider.name, model_label).inc(float(credits))
         services.writer.add(
             {
                 "request_id": self.request_id,
