@@ -159,7 +159,7 @@ class GeminiUploadHandler(GeminiHandler):
     def reject_unauthenticated(self, reason):
         if reason != "session":
             return super().reject_unauthenticated(reason)
-        metrics.REJECTED.labels(self.provider.name, "key").inc()
+        metrics.child(metrics.REJECTED, self.provider.name, "key").inc()
         self.send_kylon_error(401, "Unknown or expired upload session: start the upload again through Kylon.")
 
     async def prepare(self):
@@ -291,7 +291,7 @@ class UploadUrlsHandler(HelperHandler):
             return answer
         # Gemini's own error, as Gemini said it.
         kind = "http_4xx" if status < 500 else "http_5xx"
-        metrics.UPSTREAM_ERRORS.labels(provider.name, self.route_name, kind).inc()
+        metrics.child(metrics.UPSTREAM_ERRORS, provider.name, self.route_name, kind).inc()
         self.set_status(status)
         self.set_header("Content-Type", answer.headers.get("Content-Type") or "application/json")
         self.finish(b"".join(answer.chunks))
@@ -459,7 +459,7 @@ class UnderstandingHandler(HelperHandler):
         if status >= 400:
             # Gemini's own error (bad file URI, quota…), passed through.
             kind = "http_4xx" if status < 500 else "http_5xx"
-            metrics.UPSTREAM_ERRORS.labels(self.provider.name, self.route_name, kind).inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, self.provider.name, self.route_name, kind).inc()
             self.set_status(status)
             self.set_header("Content-Type", self.answer.headers.get("Content-Type") or "application/json")
             self.finish(body)
