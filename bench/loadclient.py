@@ -99,6 +99,9 @@ async def fixed_rate(endpoint, payload, rate, duration, max_connections=512, gra
                 errors += 1
                 writer.close()
                 return
+            except asyncio.CancelledError:
+                writer.close()  # given up on (see grace below)
+                raise
             latencies.append(time.monotonic() - scheduled)
             if status != 200 or b'"usage"' not in body:
                 errors += 1

@@ -1,9 +1,9 @@
 """Kylon's benchmark: Kylon side by side with nginx and LiteLLM, in front of the
 same fake OpenAI upstream, and that upstream called directly as the baseline.
 
-    python bench/run.py            # the full run (about 8 minutes)
-    python bench/run.py --quick    # a short check that everything works
-    python bench/run.py --profile  # also profile Kylon with py-spy
+    python bench/run.py            # the full run (about 8 minutes on 2 CPUs)
+    python bench/run.py --quick    # a short check that everything works (about 2.5 minutes)
+    python bench/run.py --profile  # also profile Kylon with py-spy (about 1 minute more)
 
 Everything runs on 127.0.0.1. Results: a markdown table on stdout, the raw
 figures in bench/results/bench-<time>.json (and latest.json / latest.md).
@@ -37,7 +37,7 @@ sys.path.insert(0, HERE)
 import loadclient  # noqa: E402  (bench/ is not a package)
 
 RESULTS = os.path.join(HERE, "results")
-LITELLM_VENV = os.path.join(HERE, ".venv-litellm")
+LITELLM_VENV = os.environ.get("BENCH_LITELLM_VENV") or os.path.join(HERE, ".venv-litellm")
 UPSTREAM_KEY = "sk-bench-upstream"
 LITELLM_MASTER_KEY = "sk-bench-master"
 ADMIN_TOKEN = "kat_bench_" + uuid.uuid4().hex
@@ -163,7 +163,8 @@ class Target:
         self.label = label
         self.url = None
         self.headers = {}
-        self.service = None
+        self.service = None  # what stop() stops
+        self.process = None  # whose memory and CPU are read (the fake's, for direct)
         self.error = None
         # The floor relay cannot stop an upstream transfer when its client
         # leaves: endless and held streams are not sent to it.
@@ -198,8 +199,7 @@ def start_fake(workdir):
 def direct_target(fake_service, fake_url):
     target = Target("direct", "direct (fake upstream)")
     target.url = fake_url + "/v1/chat/completions"
-    target.service = None  # stopped with the fake
-    target.process = fake_service
+    target.process = fake_service  # stopped last, by main()
     return target
 
 
@@ -211,7 +211,7 @@ def start_kylon(fake_url, workdir):
         "HOME": os.environ.get("HOME", "/tmp"),
         "PYTHONPATH": ROOT,
         "KYLON_PORT": str(port),
-        "KYLON_DATABASE_URL": f"sqlite:///{workdir}/kylon.db",
+        "KYLON_DATABASE_URL": f"sqlite:///{workdir}/kylon-{port}.db",  # fresh, also after a restart
         "KYLON_ADMIN_TOKEN": ADMIN_TOKEN,
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "KYLON_OPENAI_BASE_URL": fake_url,
@@ -364,7 +364,9 @@ def ensure_litellm():
     )
     if result.returncode != 0 or not os.path.exists(binary):
         shutil.rmtree(LITELLM_VENV, ignore_errors=True)  # a half install is not cached
-        raise RuntimeError("pip install 'litellm[proxy]' failed: " + (result.stderr or result.stdout)[-500:])
+        output = (result.stderr or result.stdout).splitlines()
+        reason = next((line for line in reversed(output) if line.startswith("ERROR")), " ".join(output)[-300:])
+        raise RuntimeError(f"pip install 'litellm[proxy]' failed: {reason}")
     return binary
 
 
@@ -832,7 +834,7 @@ def markdown_table(rows, targets):
 # -- main -----------------------------------------------------------------------------
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Kylon vs nginx vs LiteLLM vs the direct upstream")
-    parser.add_argument("--quick", action="store_true", help="short runs to check the set-up (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short runs to check the set-up (about 2.5 minutes)")
     parser.add_argument("--duration", type=float, help="seconds per wrk / fixed-rate measurement")
     parser.add_argument("--runs", type=int, help="repetitions of each measurement (medians are quoted)")
     parser.add_argument("--connections", default="10,50,200", help="wrk concurrencies")
@@ -842,7 +844,7 @@ def parse_args(argv):
     parser.add_argument("--targets", default="direct,kylon,floor,nginx,litellm", help="which targets to run")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--profile", action="store_true", help="profile Kylon with py-spy after measuring")
-    parser.add_argument("--profile-seconds", type=int, default=15)
+    parser.add_argument("--profile-seconds", type=int, default=10, help="seconds per py-spy recording (4 of them)")
     opts = parser.parse_args(argv)
     opts.connections = [int(c) for c in opts.connections.split(",")]
     opts.open_streams = [int(c) for c in opts.open_streams.split(",")]
@@ -853,7 +855,7 @@ def parse_args(argv):
         opts.relay_seconds, opts.disconnect_samples, opts.disconnect_timeout, opts.settle = 2, 3, 3, 1
         opts.profile_seconds = min(opts.profile_seconds, 8)
     else:
-        opts.duration = opts.duration or 5
+        opts.duration = opts.duration or 4
         opts.runs = opts.runs or 3
         opts.relay_seconds, opts.disconnect_samples, opts.disconnect_timeout, opts.settle = 3, 5, 5, 2
     opts.stream_chunks, opts.stream_interval_ms = 20, 50
