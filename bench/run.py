@@ -844,6 +844,7 @@ def parse_args(argv):
     parser.add_argument("--targets", default="direct,kylon,floor,nginx,litellm", help="which targets to run")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--profile", action="store_true", help="profile Kylon with py-spy after measuring")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, databases)")
     parser.add_argument("--profile-seconds", type=int, default=10, help="seconds per py-spy recording (4 of them)")
     opts = parser.parse_args(argv)
     opts.connections = [int(c) for c in opts.connections.split(",")]
@@ -949,7 +950,11 @@ def main(argv=None):
     with open(os.path.join(RESULTS, "latest.md"), "w") as f:
         f.write(text)
     print(text)
-    log(f"results: {path}; logs in {workdir}")
+    if opts.keep:
+        log(f"results: {path}; logs in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)  # nginx's access log alone grows to hundreds of MB
+        log(f"results: {path}")
 
 
 def profile_text(profiles):
