@@ -697,7 +697,12 @@ def measure(targets, fake_url, opts):
         log(f"run {run + 1}/{opts.runs}")
         for connections in opts.connections:
             for target in order:
-                r = wrk(target, connections, opts.duration)
+                try:
+                    r = wrk(target, connections, opts.duration)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    log(f"  {target.name:8} c={connections:<4} wrk failed: {e}")
+                    results[target.name][f"c{connections}"].append({"errors": 1, "error": str(e)})
+                    continue
                 r["busy_after_s"] = quiet(target)
                 results[target.name][f"c{connections}"].append(r)
                 log(f"  {target.name:8} c={connections:<4} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms"
@@ -835,7 +840,7 @@ def markdown_table(rows, targets):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Kylon vs nginx vs LiteLLM vs the direct upstream")
     parser.add_argument("--quick", action="store_true", help="short runs to check the set-up (about 2.5 minutes)")
-    parser.add_argument("--duration", type=float, help="seconds per wrk / fixed-rate measurement")
+    parser.add_argument("--duration", type=int, help="seconds per wrk / fixed-rate measurement (whole seconds: wrk's -d)")
     parser.add_argument("--runs", type=int, help="repetitions of each measurement (medians are quoted)")
     parser.add_argument("--connections", default="10,50,200", help="wrk concurrencies")
     parser.add_argument("--rate", type=int, default=500, help="fixed request rate for the added-latency run")
