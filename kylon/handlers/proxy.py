@@ -16,6 +16,7 @@ import time
 import urllib.parse
 
 import tornado.web
+from tornado.ioloop import IOLoop
 
 from .. import metrics, relay
 from ..auth import KEY_PREFIX
@@ -116,6 +117,7 @@ class ProxyHandler(BaseHandler):
         self.interrupted = False
         self.held = 0
         self.body_read = False
+        self.flush_scheduled = False
 
     # -- admission ----------------------------------------------------------
     async def prepare(self):
@@ -379,6 +381,11 @@ class ProxyHandler(BaseHandler):
         self.streaming = "text/event-stream" in (headers.get("Content-Type") or "")
         if self.streaming:
             metrics.child(metrics.ACTIVE_STREAMS, self.provider.name).inc()
+        if self.meter is not None and self.meter.json_body:
+            # A plain JSON answer is kept whole anyway (to read its usage): it
+            # goes out in one send at the end, headers and body together, and
+            # a failure before then can still be answered with a clean 502.
+            return
         self.headers_sent = True
         self.flush()
 
@@ -386,6 +393,15 @@ class ProxyHandler(BaseHandler):
         out = self.meter.feed(chunk) if self.meter is not None else chunk
         if out and not self.client_gone:
             self.write(out)
+            if self.headers_sent and not self.flush_scheduled:
+                # Chunks that arrive together leave together: one send per
+                # loop turn, not one per chunk.
+                self.flush_scheduled = True
+                IOLoop.current().add_callback(self.flush_written)
+
+    def flush_written(self):
+        self.flush_scheduled = False
+        if not self._finished and not self.client_gone:
             self.flush()
 
     def finish_call(self, outcome):
