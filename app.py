@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import re
+import resource
 import secrets
 import signal
 import sys
@@ -111,7 +112,20 @@ def make_app(services, cookie_secret):
     )
 
 
+def raise_open_file_limit():
+    """Each open stream holds a client socket and an upstream one (and a copy
+    of it, for cancelling): a default soft limit of 1024 would cap Kylon near
+    300 streams, so take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            log.warning("could not raise the open-file limit above %d", soft)
+
+
 async def serve(settings):
+    raise_open_file_limit()
     providers = load_providers(settings.env)
     db = open_database(settings.database_url)
     worker = DatabaseWorker(db)

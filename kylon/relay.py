@@ -12,8 +12,9 @@ sent upstream as it comes (see BodyStream).
 Stopping: Tornado's curl client has no cancel call. `cancel()` shuts the
 transfer's socket down (the upstream sees the connection close at once, even
 when it is silent, and libcurl fails the transfer on its next look at the
-socket), and an XFERINFOFUNCTION that aborts the transfer covers the moments
-before a socket exists.
+socket; a connect in progress is aborted too, as Kylon opens the sockets
+itself), and an XFERINFOFUNCTION, switched on at that moment, aborts a
+transfer that has no socket yet (still resolving the host name).
 """
 
 import asyncio
@@ -204,6 +205,7 @@ class UpstreamCall:
         self._response_headers = HTTPHeaders()
         self._headers_delivered = False
         self._curl = None
+        self._socket = None
         self._cancelled = False
         self._timed_out = False
         self._timer = None
@@ -213,8 +215,10 @@ class UpstreamCall:
     # -- curl plumbing ----------------------------------------------------
     def _prepare_curl(self, curl):
         self._curl = curl
-        curl.setopt(pycurl.NOPROGRESS, 0)
+        # The abort callback, switched on only when the call is to end (see
+        # _wake): libcurl calls it on every step of a transfer.
         curl.setopt(pycurl.XFERINFOFUNCTION, self._progress)
+        curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
         # The idle time-out: less than 1 byte/s for idle_timeout seconds.
         curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self.idle_timeout)))
@@ -291,25 +295,34 @@ class UpstreamCall:
             self._shutdown_socket()
             self._wake()
 
+    def _open_socket(self, purpose, address):
+        """libcurl's OPENSOCKETFUNCTION: the socket of a new connection, kept
+        so that cancel() can shut it down even while it is still connecting."""
+        self._socket = socket.socket(address.family, address.socktype, address.protocol)
+        return self._socket
+
     def _shutdown_socket(self):
+        """Shut the transfer's connection down: the upstream sees it closed at
+        once, a connect in progress is aborted, libcurl fails the transfer and
+        never reuses that connection."""
         curl = self._curl
         if curl is None:
             return
         try:
             fd = curl.getinfo(pycurl.ACTIVESOCKET)
-        except Exception:
-            return
-        if fd is None or fd < 0:
-            return
+        except pycurl.error:
+            fd = -1
         try:
-            # fromfd duplicates the descriptor; shutdown acts on the connection
-            # itself, so the upstream sees it closed; libcurl then fails the
-            # transfer and never reuses that connection.
-            s = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            finally:
-                s.close()
+            if fd is not None and fd >= 0:
+                # A connection reused from an earlier transfer: fromfd dups
+                # the descriptor; shutdown acts on the connection itself.
+                s = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                finally:
+                    s.close()
+            elif self._socket is not None:
+                self._socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -331,6 +344,7 @@ class UpstreamCall:
         shut down (no connection yet)."""
         if self._curl is not None:
             try:
+                self._curl.setopt(pycurl.NOPROGRESS, 0)
                 self._curl.pause(pycurl.PAUSE_CONT)
             except pycurl.error:
                 pass
@@ -376,6 +390,7 @@ class UpstreamCall:
         finally:
             self._clear_timer()
             self._curl = None
+            self._socket = None
             if isinstance(self.body, BodyStream):
                 self.body.close()
         if self._cancelled:

@@ -89,3 +89,34 @@ async def test_unreachable_and_first_byte_timeout(http_server, http_port):
     assert not task.done()
     call.cancel()
     assert await task == relay.CANCELLED
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_cancel_while_still_connecting():
+    """No socket to shut down yet: the progress callback ends the transfer."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    # Fill the accept queue so that a further connect hangs in the handshake.
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(listener.getsockname())
+        fillers.append(s)
+    try:
+        call = relay.UpstreamCall("GET", "http://127.0.0.1:%d/" % listener.getsockname()[1], {}, None,
+                                  lambda s, h: None, lambda c: None, connect_timeout=30)
+        task = asyncio.ensure_future(call.run())
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        cancelled_at = time.monotonic()
+        call.cancel()
+        assert await task == relay.CANCELLED
+        assert time.monotonic() - cancelled_at < 1.5
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
