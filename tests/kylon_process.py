@@ -104,6 +104,19 @@ class Kylon:
         key = self.create_key(agent["id"])
         return agent, key["key"]
 
+    def bad_key(self, problem):
+        """A key that must be refused: "missing" (empty), "unknown", "revoked" or "expired"."""
+        if problem == "missing":
+            return ""
+        if problem == "unknown":
+            return "pak_" + "x" * 43
+        agent = self.create_agent("10")
+        if problem == "expired":
+            return self.create_key(agent["id"], expires_at="2020-01-01T00:00:00Z")["key"]
+        created = self.create_key(agent["id"])
+        assert self.admin("DELETE", f"/keys/{created['id']}").status_code == 200
+        return created["key"]
+
     def balance(self, agent_id):
         r = self.admin("GET", f"/agents/{agent_id}")
         assert r.status_code == 200, r.text

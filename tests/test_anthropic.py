@@ -258,15 +258,7 @@ def test_upstream_errors_pass_through(kylon, agent_key, model, status, exception
 
 @pytest.mark.parametrize("problem", ["missing", "unknown", "revoked"])
 def test_bad_keys_get_401_in_anthropic_shape(kylon, fake_anthropic, problem):
-    agent = kylon.create_agent("10")
-    if problem == "missing":
-        key = ""
-    elif problem == "unknown":
-        key = "pak_" + "x" * 43
-    else:
-        created = kylon.create_key(agent["id"])
-        key = created["key"]
-        assert kylon.admin("DELETE", f"/keys/{created['id']}").status_code == 200
+    key = kylon.bad_key(problem)
     fake_anthropic.reset()
     with pytest.raises(anthropic.AuthenticationError) as err:
         create(kylon, key or "none")

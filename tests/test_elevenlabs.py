@@ -44,9 +44,7 @@ def agent(kylon):
 
 
 def assert_operator_key_only(received, key):
-    assert received.headers["xi-api-key"] == OPERATOR_KEY
-    assert key not in received.everything()
-    assert "pak_" not in received.everything()
+    received.assert_only_operator_credential("xi-api-key", OPERATOR_KEY)
 
 
 # -- text to speech ----------------------------------------------------------------

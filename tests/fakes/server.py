@@ -29,6 +29,11 @@ class Received:
     finished_at: float | None = None
     arrived_at: float = field(default_factory=time.monotonic)
 
+    def assert_only_operator_credential(self, header, value):
+        """The operator's credential reached the upstream, and no Kylon key did."""
+        assert self.headers.get(header) == value
+        assert "pak_" not in self.everything()
+
     def everything(self):
         """Headers, path, query and body as one text, to look for leaked keys."""
         head = "\n".join(f"{k}: {v}" for k, v in self.headers.items())
