@@ -243,7 +243,12 @@ def start_floor(fake_url, workdir):
     )
     target.url = f"http://127.0.0.1:{port}/v1/chat/completions"
     target.finite_streams_only = True
-    deadline = time.monotonic() + 15
+    return wait_listening(target, port, 15, "the floor relay")
+
+
+def wait_listening(target, port, seconds, what):
+    """The target once its port accepts connections; else with an error set."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -252,7 +257,7 @@ def start_floor(fake_url, workdir):
             if not target.service.alive():
                 break
             time.sleep(0.1)
-    target.error = f"the floor relay did not start: {target.service.tail()}"
+    target.error = f"{what} did not start: {target.service.tail()}"
     return target
 
 
@@ -319,17 +324,7 @@ def start_nginx(fake_url, workdir):
         logdir=workdir,
     )
     target.url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return target
-        except OSError:
-            if not target.service.alive():
-                break
-            time.sleep(0.1)
-    target.error = f"nginx did not start: {target.service.tail()}"
-    return target
+    return wait_listening(target, port, 10, "nginx")
 
 
 LITELLM_CONFIG = """\
