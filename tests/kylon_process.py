@@ -27,7 +27,9 @@ class Kylon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
-        self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}.log")
+        # Ports come round again: each instance has a log of its own (its
+        # restarts append to it), all of them checked for secrets at the end.
+        self.log_path = os.path.join(LOG_DIR, f"{name}-{self.port}-{uuid.uuid4().hex[:8]}.log")
         LOG_PATHS.add(self.log_path)
         self.env = {
             "PATH": os.environ.get("PATH", ""),

@@ -99,6 +99,16 @@ class OpenAIHandler(RecordingHandler):
             return False
         return True
 
+    async def accept(self):
+        """The request's JSON body, or None once answered (bad key, or a
+        behaviour the model name picks)."""
+        if not self.check_auth():
+            return None
+        body = self.body_json()
+        if await self.behave(body.get("model", "")):
+            return None
+        return body
+
     async def behave(self, model):
         """Common behaviours; True when the answer has been given."""
         if model in ERRORS:
@@ -173,12 +183,10 @@ class OpenAIHandler(RecordingHandler):
 
 class ChatCompletions(OpenAIHandler):
     async def post(self):
-        if not self.check_auth():
+        body = await self.accept()
+        if body is None:
             return
-        body = self.body_json()
         model = body.get("model", "")
-        if await self.behave(model):
-            return
         text = "".join(WORDS)
         base = {"id": "chatcmpl-fake1", "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
         if not body.get("stream"):
@@ -226,12 +234,10 @@ class ChatCompletions(OpenAIHandler):
 
 class Responses(OpenAIHandler):
     async def post(self):
-        if not self.check_auth():
+        body = await self.accept()
+        if body is None:
             return
-        body = self.body_json()
         model = body.get("model", "")
-        if await self.behave(model):
-            return
         text = "".join(WORDS)
         response = {
             "id": "resp_fake1",
