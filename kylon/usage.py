@@ -24,6 +24,8 @@ import os
 from collections import defaultdict
 from decimal import Decimal
 
+import peewee
+
 from . import metrics
 from .models import Agent, UsageRecord, database
 
@@ -35,19 +37,57 @@ BATCH = 200
 def insert_records(records):
     """One executemany of a prepared INSERT: peewee's insert_many builds every
     value of every row in Python, which on this (the database) thread holds the
-    GIL for milliseconds per batch and shows up as latency on the IOLoop."""
+    GIL for milliseconds per batch and shows up as latency on the IOLoop.
+    Decimals and datetimes go as the strings the drivers would make of them,
+    which spares the driver's adapter lookups."""
     names = list(records[0])
     fields = [UsageRecord._meta.fields[name] for name in names]
     placeholders = ", ".join([database.param] * len(names))
     columns = ", ".join(field.column_name for field in fields)
     sql = f"INSERT INTO {UsageRecord._meta.table_name} ({columns}) VALUES ({placeholders})"
-    converters = [field.db_value for field in fields]
+    converters = [_as_text(field.db_value) if isinstance(field, AS_TEXT) else field.db_value for field in fields]
     rows = [tuple(convert(record[name]) for convert, name in zip(converters, names)) for record in records]
-    database.cursor().executemany(sql, rows)
+    # As peewee's own queries do: driver errors become peewee's (IntegrityError…).
+    with peewee.__exception_wrapper__:
+        database.cursor().executemany(sql, rows)
+
+
+# Field types whose database values are bound as text (see insert_records).
+AS_TEXT = (peewee.DateTimeField, peewee.DecimalField)
+
+
+def _as_text(db_value):
+    def convert(value):
+        value = db_value(value)
+        return None if value is None else str(value)
+
+    return convert
+
+
+def debit(records):
+    """Take each agent's records' credits off its balance: one atomic UPDATE per agent."""
+    debits = defaultdict(Decimal)
+    for r in records:
+        if r["credits"]:
+            debits[r["agent_id"]] += r["credits"]
+    for agent_id, amount in debits.items():
+        Agent.update(credits=Agent.credits - amount).where(Agent.id == agent_id).execute()
 
 
 def write_batch(records):
-    """On the database thread: insert new records and debit their agents."""
+    """On the database thread: insert new records and debit their agents.
+
+    The usual batch is all new: one INSERT and the debits. A batch that meets a
+    request id already written (a retry after a commit whose outcome was lost,
+    a journal replay) fails on the unique key, is rolled back whole, and is
+    written again without the records already there, so none is charged twice."""
+    try:
+        with database.atomic():
+            insert_records(records)
+            debit(records)
+        return len(records)
+    except peewee.IntegrityError:
+        pass
     ids = [r["request_id"] for r in records]
     with database.atomic():
         existing = set()
@@ -56,15 +96,14 @@ def write_batch(records):
                 UsageRecord.request_id.in_(ids[start : start + BATCH])
             )
             existing.update(row.request_id for row in query)
-        fresh = [r for r in records if r["request_id"] not in existing]
+        fresh = {}
+        for r in records:
+            if r["request_id"] not in existing:
+                fresh.setdefault(r["request_id"], r)
+        fresh = list(fresh.values())
         if fresh:
             insert_records(fresh)
-        debits = defaultdict(Decimal)
-        for r in fresh:
-            if r["credits"]:
-                debits[r["agent_id"]] += r["credits"]
-        for agent_id, amount in debits.items():
-            Agent.update(credits=Agent.credits - amount).where(Agent.id == agent_id).execute()
+            debit(fresh)
     return len(fresh)
 
 

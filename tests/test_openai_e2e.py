@@ -58,6 +58,21 @@ def test_chat_completion(kylon, fake_openai, agent_key):
     assert kylon.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL
 
 
+def test_a_client_leaving_after_done_completed_its_call(kylon, fake_openai, agent_key):
+    """The SDK stops at [DONE] and closes; the upstream's response ends later.
+    The client had the whole answer: the call is completed, billed as reported."""
+    agent, key = agent_key
+    with client(kylon, key).chat.completions.with_streaming_response.create(
+        model="linger-after-done", messages=MESSAGES, stream=True
+    ) as response:
+        request_id = response.headers["x-kylon-request-id"]
+        chunks = list(response.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello from the fake upstream!"
+    record = kylon.usage(request_id)
+    assert record["status"] == "completed" and record["estimated"] is False
+    assert record["input_tokens"] == 9 and record["output_tokens"] == 12
+
+
 def test_chat_stream_hides_the_usage_chunk_kylon_asked_for(kylon, fake_openai, agent_key):
     agent, key = agent_key
     with client(kylon, key).chat.completions.with_streaming_response.create(

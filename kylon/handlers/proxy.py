@@ -420,6 +420,12 @@ class ProxyHandler(BaseHandler):
                 self.send_kylon_error(503, "Kylon is shutting down.")
             self.record("interrupted", status or 503, usage, error="shutdown")
             return
+        if (self.client_gone or outcome == relay.CANCELLED) and self.whole_stream_sent(status):
+            # The client had the whole answer: it closed after the last events,
+            # before the upstream's closing bytes reached Kylon (an SDK stops
+            # reading at [DONE] / message_stop). The call is complete.
+            self.record("completed", status, settle_usage(exchange, finished=True))
+            return
         if self.client_gone or outcome == relay.CANCELLED:
             metrics.child(metrics.CLIENT_DISCONNECTS, *label).inc()
             usage = settle_usage(exchange, finished=outcome == relay.COMPLETED)
@@ -458,6 +464,18 @@ class ProxyHandler(BaseHandler):
             # client sees a truncated answer rather than a hang.
             self.finish()
             self.record("error", status, settle_usage(exchange, finished=False), error=error)
+
+    def whole_stream_sent(self, status):
+        """A 2xx event stream whose final usage (each provider's last or next
+        to last event) has gone to the client, with no error in it."""
+        exchange = self.exchange
+        return (
+            200 <= status < 300
+            and self.meter is not None
+            and self.meter.scanner is not None
+            and exchange.usage_final
+            and not exchange.stream_error
+        )
 
     @property
     def route_name(self):

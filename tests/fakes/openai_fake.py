@@ -10,6 +10,7 @@ The model name picks a behaviour, so a test needs no set-up calls:
   slow-headers       no answer for 30 s (time-out and non-stream disconnect tests)
   drop-mid-stream    a few chunks, then the connection is cut without [DONE]
   no-usage-stream    a normal stream that never sends the usage chunk it was asked for
+  linger-after-done  a normal stream that ends its HTTP response 3 s after [DONE]
   garbage-stream     bytes no parser likes, then [DONE]
   huge-error         HTTP 500 with a 10 MB error body
   reset-before-headers / reset-mid-stream   the connection reset (RST)
@@ -229,6 +230,8 @@ class ChatCompletions(OpenAIHandler):
         if include_usage and model != "no-usage-stream":
             await self.send(json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": chat_usage()}))
         await self.send("[DONE]")
+        if model == "linger-after-done":
+            await asyncio.sleep(3)
         self.finish()
 
 

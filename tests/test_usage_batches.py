@@ -1,0 +1,49 @@
+"""The batch writer on the database itself (SQLite and MariaDB): a batch that
+meets records already written — a retry after a lost commit outcome, a journal
+replayed after a crash — writes only the new ones and debits only them."""
+
+import datetime
+from decimal import Decimal
+
+import pytest
+
+from kylon.models import Agent, UsageRecord, open_database
+from kylon.usage import write_batch
+
+from .conftest import drop_database, scratch_database_url
+
+
+def record(agent_id, request_id, credits):
+    return {
+        "request_id": request_id, "agent_id": agent_id, "key_id": 1, "provider": "openai",
+        "route": "chat.completions", "model": "gpt-4o-mini", "stream": False, "status": "completed",
+        "http_status": 200, "input_tokens": 9, "cached_input_tokens": 3, "cache_write_tokens": 0,
+        "output_tokens": 12, "reasoning_tokens": 4, "unit": "", "units": Decimal("1.5"),
+        "credits": Decimal(credits), "estimated": False, "fallback_price": False, "error": "",
+        "upstream_request_id": "up-1", "started_at": datetime.datetime(2026, 11, 25, 17, 30, 1, 250000),
+        "duration_ms": 12, "ttfb_ms": 3,
+    }
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_a_batch_with_records_already_written_charges_only_the_new(kind, tmp_path_factory):
+    url = scratch_database_url(kind, tmp_path_factory)
+    db = open_database(url)
+    try:
+        agent = Agent.create(name="batch", credits=Decimal("10"))
+        first = [record(agent.id, f"req_{i}", "0.25") for i in range(3)]
+        assert write_batch(first) == 3
+        assert Agent.get_by_id(agent.id).credits == Decimal("9.25")
+        # Two already there (one of them twice), two new.
+        again = [first[0], first[1], first[1], record(agent.id, "req_3", "0.5"), record(agent.id, "req_4", "0.5")]
+        assert write_batch(again) == 2
+        assert Agent.get_by_id(agent.id).credits == Decimal("8.25")
+        assert UsageRecord.select().where(UsageRecord.agent_id == agent.id).count() == 5
+        row = UsageRecord.get(UsageRecord.request_id == "req_3")
+        # Values bound as text read back as what they were.
+        assert row.units == Decimal("1.5") and row.credits == Decimal("0.5")
+        # (MariaDB's DATETIME keeps whole seconds.)
+        assert row.started_at.replace(microsecond=0) == datetime.datetime(2026, 11, 25, 17, 30, 1)
+    finally:
+        db.close()
+        drop_database(url)
