@@ -28,7 +28,7 @@ from .. import admin
 from ..admin import AdminError
 from ..billing import PRICE_FIELDS, load_price_overrides
 from .admin_api import token_hash
-from .base import BaseHandler
+from .base import BaseHandler, new_request_id
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "templates")
 
@@ -144,7 +144,7 @@ class AdminPage(BaseHandler):
 
     def set_default_headers(self):
         if not hasattr(self, "request_id"):
-            self.request_id = "req_" + secrets.token_hex(12)
+            self.request_id = new_request_id()
         self.set_header("x-kylon-request-id", self.request_id)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)

@@ -4,6 +4,7 @@ route's provider shape, and the services (database worker, caches) of the app.""
 import json
 import logging
 import secrets
+import time
 
 import tornado.web
 
@@ -13,7 +14,12 @@ log = logging.getLogger("kylon.web")
 
 
 def new_request_id():
-    return "req_" + secrets.token_hex(12)
+    """`req_` + 24 hex digits: the microsecond clock (13) then 44 random bits.
+    Ids made one after the other sort one after the other, so each new usage
+    record lands at the end of the request-id index instead of on a random
+    page of it: with random ids, the pages a batch dirties (and SQLite writes
+    to its WAL) grow with the table."""
+    return "req_%013x%011x" % (time.time_ns() // 1000, secrets.randbits(44))
 
 
 class BaseHandler(tornado.web.RequestHandler):
