@@ -34,22 +34,33 @@ log = logging.getLogger("kylon.usage")
 BATCH = 200
 
 
+# Rows per INSERT statement: 26 values each stays under SQLite's 32,766
+# bound variables (and far under MySQL's packet size).
+ROWS_PER_INSERT = 500
+
+
 def insert_records(records):
-    """One executemany of a prepared INSERT: peewee's insert_many builds every
-    value of every row in Python, which on this (the database) thread holds the
-    GIL for milliseconds per batch and shows up as latency on the IOLoop.
+    """Multi-row INSERTs, built here: peewee's insert_many builds every value
+    of every row in Python, which on this (the database) thread holds the GIL
+    for milliseconds per batch and shows up as latency on the IOLoop. One
+    statement for many rows, rather than executemany, also matters: sqlite3
+    releases and re-takes the GIL around every step, and with the IOLoop busy
+    each re-take waits for Python's switch interval, a convoy per row.
     Decimals and datetimes go as the strings the drivers would make of them,
     which spares the driver's adapter lookups."""
     names = list(records[0])
     fields = [UsageRecord._meta.fields[name] for name in names]
-    placeholders = ", ".join([database.param] * len(names))
+    row_marks = "(" + ", ".join([database.param] * len(names)) + ")"
     columns = ", ".join(field.column_name for field in fields)
-    sql = f"INSERT INTO {UsageRecord._meta.table_name} ({columns}) VALUES ({placeholders})"
+    head = f"INSERT INTO {UsageRecord._meta.table_name} ({columns}) VALUES "
     converters = [_as_text(field.db_value) if isinstance(field, AS_TEXT) else field.db_value for field in fields]
-    rows = [tuple(convert(record[name]) for convert, name in zip(converters, names)) for record in records]
-    # As peewee's own queries do: driver errors become peewee's (IntegrityError…).
-    with peewee.__exception_wrapper__:
-        database.cursor().executemany(sql, rows)
+    cursor = database.cursor()
+    for start in range(0, len(records), ROWS_PER_INSERT):
+        chunk = records[start : start + ROWS_PER_INSERT]
+        values = [convert(record[name]) for record in chunk for convert, name in zip(converters, names)]
+        # As peewee's own queries do: driver errors become peewee's (IntegrityError…).
+        with peewee.__exception_wrapper__:
+            cursor.execute(head + ", ".join([row_marks] * len(chunk)), values)
 
 
 # Field types whose database values are bound as text (see insert_records).
