@@ -16,7 +16,6 @@ import secrets
 import signal
 import sys
 
-import tornado.httpserver
 import tornado.log
 import tornado.web
 
@@ -28,6 +27,7 @@ from kylon.handlers import admin_api, admin_pages, base, gemini_helpers, health,
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Gate, Setting, open_database
 from kylon.providers import load_providers
+from kylon.server import KylonHTTPServer
 from kylon.services import Services
 from kylon.settings import Settings
 from kylon.throttle import FailureThrottle
@@ -150,12 +150,12 @@ async def serve(settings):
     relay.configure_client(settings.max_upstream_connections)
 
     app = make_app(services, cookie_secret)
-    server = tornado.httpserver.HTTPServer(
+    server = KylonHTTPServer(
         app,
         xheaders=settings.xheaders,
         max_body_size=settings.max_body_bytes,
-        idle_connection_timeout=settings.client_idle_timeout,
-        body_timeout=settings.client_body_timeout,
+        client_idle_timeout=settings.client_idle_timeout,
+        client_body_timeout=settings.client_body_timeout,
     )
     server.listen(settings.port, settings.host)
     cache.start()
