@@ -16,10 +16,10 @@ import secrets
 import signal
 import sys
 
-import tornado.log
 import tornado.web
 
 from kylon import relay
+from kylon.accesslog import LOG_FORMAT, AccessLog
 from kylon.auth import AccountCache
 from kylon.billing import PriceBook
 from kylon.db import DatabaseWorker
@@ -35,31 +35,6 @@ from kylon.usage import Journal, UsageWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("kylon")
-
-# Keys can arrive in a query string (Gemini's ?key=): never in a log line. Nor
-# the upload session tokens Kylon hands out (Gemini's ?upload_id=).
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:key|api_key|access_token|token|upload_id)=)[^&]*", re.IGNORECASE)
-
-
-def redact(uri):
-    return _SECRET_QUERY.sub(r"\1[redacted]", uri)
-
-
-def log_request(handler):
-    status = handler.get_status()
-    logger = tornado.log.access_log
-    method = logger.info if status < 400 else logger.warning if status < 500 else logger.error
-    request = handler.request
-    method(
-        "%d %s %s %s %.1fms %s",
-        status,
-        request.method,
-        redact(request.uri),
-        request.remote_ip,
-        1000.0 * request.request_time(),
-        getattr(handler, "request_id", "-"),
-    )
-
 
 def ensure_admin_token(configured):
     """The admin token's hash; a new token (to print once) when none exists yet."""
@@ -103,7 +78,7 @@ def make_app(services, cookie_secret):
         handlers,
         default_handler_class=base.NotFoundHandler,
         kylon=services,
-        log_function=log_request,
+        log_function=services.access_log,
         template_path=os.path.join(HERE, "templates"),
         static_path=os.path.join(HERE, "static"),
         cookie_secret=cookie_secret,
@@ -145,6 +120,7 @@ async def serve(settings):
     writer = UsageWriter(worker, cache, settings.usage_flush_seconds, Journal(settings.journal_dir, journal_name))
     writer.replay_journal()
     services = Services(settings, worker, cache, writer, providers, pricebook, admin_hash)
+    services.access_log = AccessLog()
     services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,
                                         forget_after=300)
     relay.configure_client(settings.max_upstream_connections)
@@ -193,6 +169,7 @@ async def shutdown(server, services):
     services.cache.stop()
     written = await services.writer.close()
     services.db.close()
+    services.access_log.flush()
     log.info("stopped%s", "" if written else " (some usage records could not be written)")
 
 
@@ -213,7 +190,7 @@ def main(argv=None):
         settings.port = args.port
     if args.database_url:
         settings.database_url = args.database_url
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     asyncio.run(serve(settings))
 
 

@@ -17,3 +17,4 @@ class Services:
     open_calls: set = field(default_factory=set)
     # Failed key checks per client address (throttle.FailureThrottle).
     bad_keys: object = None
+    access_log: object = None  # accesslog.AccessLog
