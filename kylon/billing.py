@@ -96,35 +96,57 @@ def lookup_price(table: dict, model: str):
     return None
 
 
+# Most calls name one of a few models: their prices are looked up once.
+PRICE_CACHE_SIZE = 4096
+
+
 @dataclass
 class PriceBook:
-    """Shipped defaults plus the operator's overrides, per provider."""
+    """Shipped defaults plus the operator's overrides, per provider.
+
+    Lookups are cached per (provider, model) until `overrides` is replaced (the
+    account cache and the admin API assign a fresh dict on every change)."""
 
     defaults: dict = field(default_factory=dict)  # provider -> {model: Price}
     fallbacks: dict = field(default_factory=dict)  # provider -> Price
     overrides: dict = field(default_factory=dict)  # (provider, model) -> partial dict
+    _cache: dict = field(default_factory=dict, repr=False)
+    _cached_overrides: object = field(default=None, repr=False)
 
     def price(self, provider, model):
         """(Price, is_fallback)"""
+        return self._lookup(provider, model)[:2]
+
+    def known_model(self, provider, model):
+        return self._lookup(provider, model)[2]
+
+    def _lookup(self, provider, model):
+        if self._cached_overrides is not self.overrides or len(self._cache) >= PRICE_CACHE_SIZE:
+            self._cache = {}
+            self._cached_overrides = self.overrides
+        key = (provider, model)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._compute(provider, model or "")
+        return found
+
+    def _compute(self, provider, model):
+        """(Price, is_fallback, is_known)"""
         table = self.defaults.get(provider, {})
-        base = lookup_price(table, model or "")
+        base = lookup_price(table, model)
         override = self.overrides.get((provider, model))
         if override is None:
             # An override for a model covers its dated snapshots too.
             names = {m: m for (p, m) in self.overrides if p == provider}
-            family = lookup_price(names, model or "")
+            family = lookup_price(names, model)
             override = self.overrides.get((provider, family)) if family else None
         is_fallback = base is None and override is None
+        known = base is not None or (provider, model) in self.overrides
         if base is None:
             base = self.fallbacks.get(provider, Price())
         if override:
             base = replace(base, **{k: v for k, v in override.items() if v is not None})
-        return base, is_fallback
-
-    def known_model(self, provider, model):
-        return lookup_price(self.defaults.get(provider, {}), model or "") is not None or (
-            (provider, model) in self.overrides
-        )
+        return base, is_fallback, known
 
 
 def load_price_overrides():

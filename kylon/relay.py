@@ -289,7 +289,7 @@ class UpstreamCall:
         self.status = None
         self.reason = ""
         self.error = ""
-        self._response_headers = HTTPHeaders()
+        self._response_headers = None  # made at the status line
         self._headers_delivered = False
         self._curl = None
         self._socket = None
