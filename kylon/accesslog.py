@@ -10,12 +10,12 @@ write. Nothing waits on a timer, so a line is out within the same loop turn.
 The logger's level still decides, per status class, whether a line is made.
 """
 
+import asyncio
 import logging
 import re
 import sys
 import time
 
-import tornado.ioloop
 import tornado.log
 
 # The layout of every log line (app.py's logging.basicConfig uses it too).
@@ -63,7 +63,7 @@ class AccessLog:
             getattr(handler, "request_id", "-"),
         )
         if not self.lines:
-            tornado.ioloop.IOLoop.current().add_callback(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self.lines.append(line)
 
     def flush(self):

@@ -16,7 +16,6 @@ import time
 import urllib.parse
 
 import tornado.web
-from tornado.ioloop import IOLoop
 
 from .. import metrics, relay
 from ..auth import KEY_PREFIX
@@ -397,7 +396,7 @@ class ProxyHandler(BaseHandler):
                 # Chunks that arrive together leave together: one send per
                 # loop turn, not one per chunk.
                 self.flush_scheduled = True
-                IOLoop.current().add_callback(self.flush_written)
+                asyncio.get_running_loop().call_soon(self.flush_written)
 
     def flush_written(self):
         self.flush_scheduled = False
