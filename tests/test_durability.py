@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 
 import openai
+import pytest
 
 from .test_openai_e2e import GPT_4O_MINI_CALL, MESSAGES
 
@@ -89,10 +90,13 @@ def test_garbage_sse_is_relayed_untouched_and_billed_as_estimated(kylon, agent_k
     assert record["status"] == "completed" and record["estimated"] is True
 
 
-def test_stream_that_never_reports_usage_is_estimated(kylon, agent_key):
+@pytest.mark.parametrize("model", ["no-usage-stream", "no-usage-stream-linger-after-done"])
+def test_stream_that_never_reports_usage_is_estimated(kylon, agent_key, model):
+    # The lingering upstream keeps its answer open after [DONE]: the SDK has
+    # closed by then, and the call is still complete.
     agent, key = agent_key
     stream = openai.OpenAI(base_url=kylon.url + "/proxy/openai/v1", api_key=key, max_retries=0) \
-        .chat.completions.with_streaming_response.create(model="no-usage-stream", messages=MESSAGES, stream=True)
+        .chat.completions.with_streaming_response.create(model=model, messages=MESSAGES, stream=True)
     with stream as response:
         chunks = list(response.parse())
         request_id = response.headers["x-kylon-request-id"]

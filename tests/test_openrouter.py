@@ -115,6 +115,22 @@ def test_mid_stream_error_chunk(kylon, agent_key):
     assert kylon.balance(agent["id"]) == Decimal("100") - Decimal(record["credits"])
 
 
+def test_client_leaving_at_an_error_chunk_is_an_upstream_error(kylon, agent_key):
+    # The SDK raises at the error chunk and closes while the upstream has not
+    # ended its answer yet: still an upstream error, not a disconnect.
+    agent, key = agent_key
+    stream = client(kylon, key).chat.completions.create(model="mid-stream-error-linger", messages=MESSAGES,
+                                                        stream=True)
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+    stream.close()
+    [record] = kylon.usage_for_agent(agent["id"], 1)
+    assert record["status"] == "upstream_error" and record["error"] == "Provider returned error"
+    assert record["estimated"] is True and record["output_tokens"] >= 2
+    assert kylon.balance(agent["id"]) == Decimal("100") - Decimal(record["credits"])
+
+
 def test_disconnect_mid_stream_closes_upstream(kylon, fake_openrouter, agent_key):
     agent, key = agent_key
     with client(kylon, key).chat.completions.with_streaming_response.create(

@@ -425,6 +425,11 @@ class ProxyHandler(BaseHandler):
             # reading at [DONE] / message_stop). The call is complete.
             self.record("completed", status, settle_usage(exchange, finished=True))
             return
+        if (self.client_gone or outcome == relay.CANCELLED) and exchange.stream_error and 200 <= status < 300:
+            # The answer carried an error and the client left on it (an SDK
+            # raises at an error chunk): an upstream error, not a disconnect.
+            self.record_stream_error(label)
+            return
         if self.client_gone or outcome == relay.CANCELLED:
             metrics.child(metrics.CLIENT_DISCONNECTS, *label).inc()
             usage = settle_usage(exchange, finished=outcome == relay.COMPLETED)
@@ -439,11 +444,7 @@ class ProxyHandler(BaseHandler):
                 metrics.child(metrics.UPSTREAM_ERRORS, *label, kind).inc()
                 self.record("upstream_error", status, Usage(), error=f"upstream answered {status}")
             elif exchange.stream_error:
-                # The answer began well and then carried an error: what was
-                # consumed is billed, the call counts as an upstream error.
-                metrics.child(metrics.UPSTREAM_ERRORS, *label, "in_stream").inc()
-                self.record("upstream_error", status, settle_usage(exchange, finished=True),
-                            error=exchange.stream_error)
+                self.record_stream_error(label)
             else:
                 self.record("completed", status, settle_usage(exchange, finished=True))
             self.finish()
@@ -464,15 +465,22 @@ class ProxyHandler(BaseHandler):
             self.finish()
             self.record("error", status, settle_usage(exchange, finished=False), error=error)
 
+    def record_stream_error(self, label):
+        """The answer began well and then carried an error: what was consumed
+        is billed, the call counts as an upstream error."""
+        metrics.child(metrics.UPSTREAM_ERRORS, *label, "in_stream").inc()
+        self.record("upstream_error", self.call.status, settle_usage(self.exchange, finished=True),
+                    error=self.exchange.stream_error)
+
     def whole_stream_sent(self, status):
         """A 2xx event stream whose final usage (each provider's last or next
-        to last event) has gone to the client, with no error in it."""
+        to last event) or end marker has gone to the client, with no error in it."""
         exchange = self.exchange
         return (
             200 <= status < 300
             and self.meter is not None
             and self.meter.scanner is not None
-            and exchange.usage_final
+            and (exchange.usage_final or exchange.stream_done)
             and not exchange.stream_error
         )
 

@@ -61,6 +61,7 @@ def message_event(exchange, event):
             if name == b"message_delta":
                 exchange.usage_final = True
     elif name == b"message_stop":
+        exchange.stream_done = True
         if exchange.usage is not None:
             exchange.usage_final = True
     elif name == b"error":

@@ -63,6 +63,9 @@ class Exchange:
     usage: Usage | None = None
     # True once `usage` holds the provider's final figures for the call.
     usage_final: bool = False
+    # True once the stream's own end marker went by (OpenAI's `[DONE]`,
+    # Anthropic's message_stop): a client leaving after it had the whole answer.
+    stream_done: bool = False
     # An error the provider reported inside an answer that began with HTTP 200
     # (an error event or chunk mid-stream): the call is recorded as upstream_error.
     stream_error: str = ""

@@ -53,7 +53,10 @@ def chat_event(exchange, event):
     """Reads usage from chat-completion chunks; also serves Cerebras and
     OpenRouter, whose streams have the same shape."""
     data = event.data
-    if data is None or data == b"[DONE]":
+    if data is None:
+        return True
+    if data == b"[DONE]":
+        exchange.stream_done = True
         return True
     if b'"usage"' in data and not _USAGE_NULL.search(data):
         chunk = json_or_none(data)

@@ -227,10 +227,10 @@ class ChatCompletions(OpenAIHandler):
             if i == 0 and not await self.pause_for(model):
                 return
         await self.send(chunk({}, "stop"))
-        if include_usage and model != "no-usage-stream":
+        if include_usage and not model.startswith("no-usage-stream"):
             await self.send(json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": chat_usage()}))
         await self.send("[DONE]")
-        if model == "linger-after-done":
+        if model.endswith("linger-after-done"):
             await asyncio.sleep(3)
         self.finish()
 

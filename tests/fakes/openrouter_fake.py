@@ -8,6 +8,7 @@ errors `{"error":{"code","message","metadata"?}}` with HTTP status = code; the
 The model name picks a behaviour:
   error-402 / error-429 / error-400   answer with that HTTP error
   mid-stream-error   a few chunks, then an error chunk (finish_reason "error")
+  mid-stream-error-linger   the same, then 2 s before the answer ends
   silent-stream      one chunk, then silence for 30 s (a disconnect test)
   no-cost            usage without `cost` (Kylon prices the tokens itself)
   byok/...           a BYOK call: `cost` is OpenRouter's fee, the provider's
@@ -16,6 +17,7 @@ Anything else answers normally. Usage: prompt 10 (4 cached), completion 20
 (6 reasoning), cost 0.0000064; BYOK: cost 0.0000032 + upstream 0.000064.
 """
 
+import asyncio
 import json
 import time
 
@@ -102,9 +104,11 @@ class ChatCompletions(RecordingHandler):
                     await self.sleep_unless_closed(30)
                     return
                 await self.send(KEEP_ALIVE)
-            if i == 1 and model == "mid-stream-error":
+            if i == 1 and model.startswith("mid-stream-error"):
                 await self.send(chunk({"content": ""}, "error",
                                       error={"code": 502, "message": "Provider returned error"}))
+                if model.endswith("-linger"):
+                    await asyncio.sleep(2)
                 self.finish()
                 return
         await self.send(chunk({"content": ""}, "stop", usage=usage(model)))
