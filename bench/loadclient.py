@@ -225,6 +225,22 @@ async def concurrent_streams(endpoint, payload, count):
     }
 
 
+async def one_at_a_time(endpoint, payload, count, spacing):
+    """`count` streams started one after the other, `spacing` seconds apart
+    (each read to its end first): time to first chunk of a stream that meets a
+    target with nothing else starting, whatever else it holds open."""
+    streams = []
+    for _ in range(count):
+        streams.append(await run_stream(endpoint, payload))
+        await asyncio.sleep(spacing)
+    ttfc = [(s.first_chunk_at - s.started) * 1000 for s in streams if s.error is None]
+    return {
+        "errors": sum(1 for s in streams if s.error),
+        "ttfc_p50_ms": percentile(ttfc, 50),
+        "ttfc_p99_ms": percentile(ttfc, 99),
+    }
+
+
 async def relay_throughput(endpoint, payload, count, timeout=120):
     """`count` streams at once, each sent by the upstream as fast as the
     connection takes it and read to its end: SSE chunks per second delivered."""

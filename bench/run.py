@@ -478,10 +478,11 @@ async def wait_upstream_idle(fake_url, timeout):
         await asyncio.sleep(0.1)
 
 
-async def memory_with_open_streams(target, fake_url, counts, settle):
+async def memory_with_open_streams(target, fake_url, counts, settle, probes):
     """RSS idle and with each count of streams open at once (the upstream holds
-    them silent); then how many upstream streams the target still keeps after
-    every client left."""
+    them silent), and the first chunk of `probes` new streams started one at a
+    time while they are open; then how many upstream streams the target still
+    keeps after every client left."""
     result = {"rss_idle_mb": rss_mb(target.process.pid)}
     streams = []
     tag = uuid.uuid4().hex[:8]
@@ -496,6 +497,8 @@ async def memory_with_open_streams(target, fake_url, counts, settle):
             streams += more
             await asyncio.sleep(settle)
             result[f"rss_{count}_mb"] = rss_mb(target.process.pid)
+            probe = await loadclient.one_at_a_time(target.endpoint, chat("bench-c2-i0", stream=True), probes, 0.02)
+            result[f"new_stream_{count}"] = probe
             result[f"open_{count}_seconds"] = time.monotonic() - started
             result[f"failed_{count}"] = len(failures) + untried
             if failures:
@@ -683,7 +686,7 @@ def measure(targets, fake_url, opts):
     for target in live:
         if target.finite_streams_only:
             continue
-        r = asyncio.run(memory_with_open_streams(target, fake_url, opts.open_streams, opts.settle))
+        r = asyncio.run(memory_with_open_streams(target, fake_url, opts.open_streams, opts.settle, opts.probes))
         r["busy_after_s"] = quiet(target)
         results[target.name]["memory"].append(r)
         log(f"  {target.name:8} memory: {r}")
@@ -818,6 +821,14 @@ def build_rows(results, targets, opts):
                 cells[t.name] += f" (only {opened:,} opened)"
             elif runs and t.available and f"rss_{count}_mb" not in runs[0]:
                 cells[t.name] = "not tried"
+    for count in opts.open_streams:
+        # Medians over the probes of the one memory run (not over runs).
+        for t in targets:
+            for r in results.get(t.name, {}).get("memory", []):
+                if f"new_stream_{count}" in r:
+                    r[f"new_stream_{count}_ttfc_p50_ms"] = r[f"new_stream_{count}"]["ttfc_p50_ms"]
+        row(f"first chunk p50 of a new stream, {count:,} others open (added)", "memory",
+            f"new_stream_{count}_ttfc_p50_ms", "ms", 2, compare="added")
     row("upstream streams still open after clients left", "memory", "upstream_open_after_close", "", compare=None)
     return rows
 
@@ -860,6 +871,7 @@ def parse_args(argv):
         opts.runs = opts.runs or 3
         opts.relay_seconds, opts.disconnect_samples, opts.disconnect_timeout, opts.settle = 3, 5, 5, 2
     opts.stream_chunks, opts.stream_interval_ms = 20, 50
+    opts.probes = 10 if opts.quick else 30  # new streams timed while the others are open
     opts.relay_streams = 10
     return opts
 
