@@ -495,7 +495,10 @@ class UpstreamCall:
         else:
             self._start_first_byte_timer()
         self._done = asyncio.get_running_loop().create_future()
-        UpstreamClient().start(self)
+        # AsyncHTTPClient(), not UpstreamClient(): only the configured base
+        # class hands out the one instance with configure_client's max_clients
+        # (a subclass called directly is a client of its own with 10 handles).
+        AsyncHTTPClient().start(self)
         errno = await self._done
         if self._cancelled:
             return CANCELLED

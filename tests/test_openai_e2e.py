@@ -266,6 +266,41 @@ def test_fifty_concurrent_calls_debit_exactly(kylon):
     assert kylon.balance(agent["id"]) == Decimal("1") - 50 * GPT_4O_MINI_CALL
 
 
+def test_many_streams_are_relayed_at_once(kylon, fake_openai, agent_key):
+    """40 streams held open by the upstream all get their first chunks while
+    the others are still open: no small pool of upstream connections makes
+    the rest wait for a free one."""
+    agent, key = agent_key
+    count = 40
+    c = client(kylon, key)
+    started = concurrent.futures.ThreadPoolExecutor(count)
+    first_chunks = []
+
+    def stream(_):
+        with c.chat.completions.with_streaming_response.create(
+            model="held-stream", messages=MESSAGES, stream=True
+        ) as response:
+            chunks = iter(response.parse())
+            next(chunks), next(chunks)  # the upstream holds the rest back
+            first_chunks.append(time.monotonic())
+            return sum(1 for _ in chunks) + 2
+
+    fake_openai.release.clear()
+    try:
+        futures = [started.submit(stream, i) for i in range(count)]
+        deadline = time.monotonic() + 20
+        while len(first_chunks) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(first_chunks) == count, f"only {len(first_chunks)} of {count} streams started"
+    finally:
+        fake_openai.release.set()
+    assert all(f.result(timeout=20) > 2 for f in futures)
+    started.shutdown()
+    fake_openai.release.clear()
+    records = kylon.usage_for_agent(agent["id"], count)
+    assert all(r["status"] == "completed" for r in records)
+
+
 def test_unknown_model_is_charged_the_fallback_price_and_flagged(kylon, agent_key):
     _, key = agent_key
     raw = client(kylon, key).chat.completions.with_raw_response.create(model="brand-new-model", messages=MESSAGES)
