@@ -266,6 +266,11 @@ class UsageWriter:
 
     async def close(self, attempts=20):
         if self._task is not None:
+            # Never cancel a flush under way: its batch is out of `pending`, and
+            # a cancelled wait can drop its write before the database thread
+            # takes it up. Once no flush runs, the task only sleeps.
+            while self._flushing is not None:
+                await self._flushing
             self._task.cancel()
         for attempt in range(attempts):
             try:

@@ -2,13 +2,16 @@
 meets records already written — a retry after a lost commit outcome, a journal
 replayed after a crash — writes only the new ones and debits only them."""
 
+import asyncio
 import datetime
+import time
 from decimal import Decimal
 
 import pytest
 
 from kylon.models import Agent, UsageRecord, open_database
-from kylon.usage import write_batch
+from kylon.db import DatabaseWorker
+from kylon.usage import UsageWriter, write_batch
 
 from .conftest import drop_database, scratch_database_url
 
@@ -46,4 +49,45 @@ def test_a_batch_with_records_already_written_charges_only_the_new(kind, tmp_pat
         assert row.started_at.replace(microsecond=0) == datetime.datetime(2026, 11, 25, 17, 30, 1)
     finally:
         db.close()
+        drop_database(url)
+
+
+class Balances:
+    """What the writer tells the account cache, kept for the test to read."""
+
+    def __init__(self):
+        self.charged = self.written = Decimal(0)
+
+    def charge(self, agent_id, credits):
+        self.charged += credits
+
+    def charged_written(self, agent_id, credits):
+        self.written += credits
+
+
+def test_shutdown_during_a_periodic_flush_loses_no_record(tmp_path_factory):
+    """close() while the periodic flush's batch waits for the busy database
+    thread: the batch is still written (it is out of `pending` by then)."""
+    url = scratch_database_url("sqlite", tmp_path_factory)
+    db = open_database(url)
+    worker = DatabaseWorker(db)
+    agent = worker.run_sync(lambda: Agent.create(name="close", credits=Decimal("10")))
+
+    async def scenario():
+        writer = UsageWriter(worker, Balances(), flush_seconds=0.05)
+        writer.start()
+        busy = worker.run(time.sleep, 0.5)  # the database thread is taken
+        writer.add(record(agent.id, "req_close", "0.25"))
+        while writer._flushing is None:  # the periodic flush has taken the batch
+            await asyncio.sleep(0.01)
+        assert writer.pending == []
+        assert await writer.close() is True
+        await busy
+
+    try:
+        asyncio.run(scenario())
+        assert worker.run_sync(lambda: [r.request_id for r in UsageRecord.select()]) == ["req_close"]
+        assert worker.run_sync(lambda: Agent.get_by_id(agent.id).credits) == Decimal("9.75")
+    finally:
+        worker.close()
         drop_database(url)
