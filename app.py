@@ -141,7 +141,8 @@ async def serve(settings):
     gc.collect()
     gc.freeze()
     configured = ", ".join(p.name for p in providers.values() if p.configured) or "none"
-    log.info("Kylon listening on http://%s:%d (providers configured: %s)", settings.host, settings.port, configured)
+    log.info("Kylon listening on http://%s:%d (providers configured: %s; event loop %s)", settings.host,
+             settings.port, configured, type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -191,7 +192,20 @@ def main(argv=None):
     if args.database_url:
         settings.database_url = args.database_url
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    asyncio.run(serve(settings))
+    run_loop(serve(settings), settings.event_loop)
+
+
+def run_loop(main_coroutine, name):
+    """Tornado runs on any asyncio loop. uvloop (libuv) does the loop's own
+    work (ready callbacks, timers, epoll) in C; "asyncio" is the standard one."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("KYLON_EVENT_LOOP=uvloop but uvloop is not installed: using asyncio's loop")
+        else:
+            return uvloop.run(main_coroutine)
+    return asyncio.run(main_coroutine)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class Settings:
     bad_key_free_failures: int = 10
     # Forwarded client addresses are trusted only from these proxies (nginx).
     xheaders: bool = False
+    # The asyncio loop under Tornado: "uvloop" (default) or "asyncio".
+    event_loop: str = "uvloop"
     env: dict = field(default_factory=dict)
 
     @classmethod
@@ -71,5 +73,6 @@ class Settings:
             journal_dir=env.get("KYLON_JOURNAL_DIR") or "kylon-journal",
             bad_key_free_failures=_int(env, "KYLON_BAD_KEY_FREE_FAILURES", 10),
             xheaders=(env.get("KYLON_TRUST_PROXY_HEADERS", "").lower() in ("1", "true", "yes")),
+            event_loop=(env.get("KYLON_EVENT_LOOP") or "uvloop").lower(),
             env=env,
         )

@@ -5,6 +5,7 @@ import time
 
 import httpx
 import openai
+import pytest
 
 from kylon.models import UsageRecord, database, open_database
 
@@ -68,3 +69,20 @@ def test_streams_past_the_grace_period_are_cut_and_recorded(make_kylon, fake_ope
     assert received.closed_at is not None
     row = records(k.database_url)[stream_id]
     assert row.status == "interrupted" and row.estimated
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_either_event_loop_relays_a_stream_and_stops_cleanly(make_kylon, loop):
+    k = make_kylon({"KYLON_EVENT_LOOP": loop})
+    assert f"event loop {loop}" in k.read_log()
+    _, key = k.agent_with_key("10")
+    client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "c"}], stream=True
+    ) as response:
+        request_id = response.headers["x-kylon-request-id"]
+        chunks = list(response.parse())
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    k.proc.send_signal(15)
+    assert k.proc.wait(15) == 0
+    assert records(k.database_url)[request_id].status == "completed"
