@@ -61,6 +61,11 @@ class WatchedRequest(httputil.HTTPMessageDelegate):
 class KylonHTTPServer(HTTPServer):
     def initialize(self, *args, client_idle_timeout=None, client_body_timeout=None, **kwargs):
         super().initialize(*args, **kwargs)
+        # Tornado sets a header time-out of an hour when none is given, and
+        # wraps every request's header read in with_timeout for it: the sweep
+        # below keeps that time-out instead.
+        self.conn_params.header_timeout = None
+        self.conn_params.body_timeout = None
         self.limits = {WAITING: client_idle_timeout, READING_BODY: client_body_timeout}
         self.requests = {}  # connection -> its current WatchedRequest
         shortest = min((t for t in self.limits.values() if t), default=None)

@@ -466,3 +466,17 @@ def test_admin_api_refuses_bad_token_and_bad_input(kylon):
     assert kylon.admin("POST", "/agents", json={"name": "x", "credits": "abc"}).status_code == 400
     assert kylon.admin("GET", "/agents/999999").status_code == 404
     assert kylon.admin("POST", "/agents", content=b"[").status_code == 400
+
+
+def test_answers_carry_a_current_date_header(kylon, agent_key):
+    import email.utils
+
+    _, key = agent_key
+    for _ in range(2):  # Kylon's own answer and a relayed one
+        raw = client(kylon, key).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+        date = email.utils.parsedate_to_datetime(raw.headers["date"])
+        assert abs(date.timestamp() - time.time()) < 3
+        assert raw.headers["server"].startswith("TornadoServer/")
+    missing = httpx.get(kylon.url + "/nowhere")
+    assert missing.status_code == 404
+    assert abs(email.utils.parsedate_to_datetime(missing.headers["date"]).timestamp() - time.time()) < 3

@@ -6,7 +6,9 @@ import logging
 import secrets
 import time
 
+import tornado
 import tornado.web
+from tornado import httputil
 
 from ..errors import error_body
 
@@ -22,9 +24,34 @@ def new_request_id():
     return "req_%013x%011x" % (time.time_ns() // 1000, secrets.randbits(44))
 
 
+_date = [0, ""]
+
+
+def http_date():
+    """The Date header's value, formatted once a second (Tornado formats it
+    anew, through email.utils, for every answer)."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = [now, httputil.format_timestamp(now)]
+    return _date[1]
+
+
+SERVER_HEADER = "TornadoServer/%s" % tornado.version
+
+
 class BaseHandler(tornado.web.RequestHandler):
     # Shape of Kylon's own errors on this handler (see errors.py).
     error_style = "openai"
+
+    def clear(self):
+        # As Tornado's own clear(), with the cached Date.
+        self._headers = httputil.HTTPHeaders(
+            {"Server": SERVER_HEADER, "Content-Type": "text/html; charset=UTF-8", "Date": http_date()}
+        )
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
 
     def set_default_headers(self):
         # clear() (send_error) calls this again: keep one id per request.
