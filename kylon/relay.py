@@ -136,17 +136,25 @@ def encode_headers(headers):
     return lines
 
 
-def filter_headers(headers, drop=()):
-    """Copy `headers` without hop-by-hop ones, those the Connection header
-    names, and any in `drop` (lower-case names)."""
+def end_to_end_headers(headers, drop=()):
+    """The (name, value) pairs of `headers` less hop-by-hop ones, those the
+    Connection header names, and any in `drop` (lower-case names)."""
     named = set()
     for value in headers.get_list("Connection"):
         named.update(v.strip().lower() for v in value.split(","))
-    out = HTTPHeaders()
+    pairs = []
     for name, value in headers.get_all():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in named or lower in drop:
             continue
+        pairs.append((name, value))
+    return pairs
+
+
+def filter_headers(headers, drop=()):
+    """end_to_end_headers() as a new HTTPHeaders."""
+    out = HTTPHeaders()
+    for name, value in end_to_end_headers(headers, drop):
         out.add(name, value)
     return out
 
@@ -368,10 +376,14 @@ class UpstreamCall:
             self.reason = parts[2] if len(parts) > 2 else ""
             self._response_headers = HTTPHeaders()
         elif line:
-            try:
-                self._response_headers.parse_line(line)
-            except Exception:
-                pass
+            # add() checks the name and value (a line failing is dropped);
+            # parse_line() would only add a regex search and a split to that.
+            name, colon, value = line.partition(":")
+            if colon:
+                try:
+                    self._response_headers.add(name, value.strip(" \t"))
+                except Exception:
+                    pass
         elif self.status is not None and self.status >= 200:
             # End of the final header block.
             self._deliver_headers()

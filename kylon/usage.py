@@ -53,11 +53,15 @@ def insert_records(records):
     row_marks = "(" + ", ".join([database.param] * len(names)) + ")"
     columns = ", ".join(field.column_name for field in fields)
     head = f"INSERT INTO {UsageRecord._meta.table_name} ({columns}) VALUES "
-    converters = [_as_text(field.db_value) if isinstance(field, AS_TEXT) else field.db_value for field in fields]
+    converters = [_converter(field) for field in fields]
     cursor = database.cursor()
     for start in range(0, len(records), ROWS_PER_INSERT):
         chunk = records[start : start + ROWS_PER_INSERT]
-        values = [convert(record[name]) for record in chunk for convert, name in zip(converters, names)]
+        values = [
+            record[name] if convert is None else convert(record[name])
+            for record in chunk
+            for convert, name in zip(converters, names)
+        ]
         # As peewee's own queries do: driver errors become peewee's (IntegrityError…).
         with peewee.__exception_wrapper__:
             cursor.execute(head + ", ".join([row_marks] * len(chunk)), values)
@@ -65,6 +69,17 @@ def insert_records(records):
 
 # Field types whose database values are bound as text (see insert_records).
 AS_TEXT = (peewee.DateTimeField, peewee.DecimalField)
+# Field types whose db_value leaves a record's value as it is (a record holds
+# str, int and bool values for them): bound without a call per value.
+AS_IS = (peewee.CharField, peewee.IntegerField, peewee.BigIntegerField, peewee.BooleanField)
+
+
+def _converter(field):
+    if type(field) in AS_IS:
+        return None
+    if isinstance(field, AS_TEXT):
+        return _as_text(field.db_value)
+    return field.db_value
 
 
 def _as_text(db_value):

@@ -367,13 +367,16 @@ class ProxyHandler(BaseHandler):
         self._headers.pop("Content-Type", None)
         drop = set(self.provider.drop_response_headers)
         seen = set()
-        for name, value in relay.filter_headers(headers, drop).get_all():
+        out = self._headers
+        for name, value in relay.end_to_end_headers(headers, drop):
             if name.lower() in ("date", "server"):
                 continue
+            # Names and values were checked as the upstream's headers were
+            # parsed (HTTPHeaders.add): set_header() would check them again.
             if name in seen:
-                self.add_header(name, value)
+                out.add(name, value)
             else:
-                self.set_header(name, value)
+                out[name] = value
                 seen.add(name)
         self.set_header("x-kylon-request-id", self.request_id)
         self.set_header("X-Accel-Buffering", "no")
