@@ -196,11 +196,19 @@ class Stream:
             self.writer.close()
 
 
-async def run_stream(endpoint, payload):
+async def run_stream(endpoint, payload, timeout=None):
+    """One stream read to its end; a stream not done within `timeout` seconds
+    (None: no limit) is given up with an error."""
     stream = Stream(endpoint, payload)
-    try:
+
+    async def whole():
         await stream.open()
         await stream.read_to_end()
+
+    try:
+        await asyncio.wait_for(whole(), timeout)
+    except asyncio.TimeoutError:
+        stream.error = f"not done within {timeout} s"
     except (OSError, asyncio.IncompleteReadError, RuntimeError, ValueError) as e:
         stream.error = str(e) or type(e).__name__
     finally:
@@ -225,17 +233,22 @@ async def concurrent_streams(endpoint, payload, count):
     }
 
 
-async def one_at_a_time(endpoint, payload, count, spacing):
+async def one_at_a_time(endpoint, payload, count, spacing, timeout=10):
     """`count` streams started one after the other, `spacing` seconds apart
     (each read to its end first): time to first chunk of a stream that meets a
-    target with nothing else starting, whatever else it holds open."""
+    target with nothing else starting, whatever else it holds open. A stream
+    not done within `timeout` seconds ends the series (a target that cannot
+    start new streams would only make us wait)."""
     streams = []
     for _ in range(count):
-        streams.append(await run_stream(endpoint, payload))
+        streams.append(await run_stream(endpoint, payload, timeout))
+        if streams[-1].error:
+            break
         await asyncio.sleep(spacing)
     ttfc = [(s.first_chunk_at - s.started) * 1000 for s in streams if s.error is None]
     return {
-        "errors": sum(1 for s in streams if s.error),
+        "errors": sum(1 for s in streams if s.error) + count - len(streams),
+        "error_sample": next((s.error for s in streams if s.error), None),
         "ttfc_p50_ms": percentile(ttfc, 50),
         "ttfc_p99_ms": percentile(ttfc, 99),
     }

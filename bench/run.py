@@ -827,8 +827,13 @@ def build_rows(results, targets, opts):
             for r in results.get(t.name, {}).get("memory", []):
                 if f"new_stream_{count}" in r:
                     r[f"new_stream_{count}_ttfc_p50_ms"] = r[f"new_stream_{count}"]["ttfc_p50_ms"]
-        row(f"first chunk p50 of a new stream, {count:,} others open (added)", "memory",
-            f"new_stream_{count}_ttfc_p50_ms", "ms", 2, compare="added")
+        cells = row(f"first chunk p50 of a new stream, {count:,} others open (added)", "memory",
+                    f"new_stream_{count}_ttfc_p50_ms", "ms", 2, compare="added")
+        for t in targets:
+            failed = sum(r[f"new_stream_{count}"]["errors"] for r in results.get(t.name, {}).get("memory", [])
+                         if f"new_stream_{count}" in r)
+            if failed:
+                cells[t.name] += f" ⚠ {failed} of {opts.probes} failed"
     row("upstream streams still open after clients left", "memory", "upstream_open_after_close", "", compare=None)
     return rows
 
