@@ -203,13 +203,15 @@ def direct_target(fake_service, fake_url):
     return target
 
 
-def start_kylon(fake_url, workdir):
+def start_kylon(fake_url, workdir, root=ROOT, prefix=(), startup_seconds=30):
+    """Kylon from the checkout `root`, its command run under `prefix` (a
+    profiler: see instructions.py), with an agent and a key made."""
     target = Target("kylon", "Kylon")
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
-        "PYTHONPATH": ROOT,
+        "PYTHONPATH": root,
         "KYLON_PORT": str(port),
         "KYLON_DATABASE_URL": f"sqlite:///{workdir}/kylon-{port}.db",  # fresh, also after a restart
         "KYLON_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -217,10 +219,10 @@ def start_kylon(fake_url, workdir):
         "KYLON_OPENAI_BASE_URL": fake_url,
     }
     target.service = target.process = Service(
-        "kylon", [sys.executable, os.path.join(ROOT, "app.py")], env=env, cwd=ROOT, logdir=workdir
+        "kylon", [*prefix, sys.executable, os.path.join(root, "app.py")], env=env, cwd=root, logdir=workdir
     )
     base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/healthz", target.service, 30)
+    wait_http(base + "/healthz", target.service, startup_seconds)
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     agent = httpx.post(
         base + "/admin/api/agents", headers=admin, json={"name": "bench", "skills": [], "credits": "1000000"}
