@@ -1,9 +1,10 @@
 """Instructions per proxied call: Kylon under valgrind's callgrind.
 
 Seconds on a shared machine vary by a tenth or more from one run to the next;
-instruction counts do not (the same checkout gives the same count to a few
-parts in a thousand). So this is how a change to the per-call path is judged:
-run it for the checkout before and after the change, in one go.
+instruction counts vary by about 1 % (the database thread's batches and cache
+refreshes fall differently into the window). So this is how a change to the
+per-call path is judged: run it for the checkout before and after the change,
+in one go, a few times; a difference under 2 % is no difference.
 
 Each checkout's Kylon starts under callgrind with instrumentation off, serves
 a warm-up on one keep-alive connection, then instrumentation is switched on
