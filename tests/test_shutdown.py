@@ -18,6 +18,14 @@ def records(url):
         database.close()
 
 
+def streamed_call(k, key, model):
+    """A streamed chat completion through Kylon `k` (a context manager)."""
+    client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key, max_retries=0)
+    return client.chat.completions.with_streaming_response.create(
+        model=model, messages=[{"role": "user", "content": "b"}], stream=True
+    )
+
+
 def test_sigterm_lets_streams_finish_and_flushes_every_record(make_kylon, fake_openai):
     k = make_kylon({"KYLON_SHUTDOWN_GRACE_SECONDS": "10", "KYLON_USAGE_FLUSH_SECONDS": "30"})
     _, key = k.agent_with_key("10")
@@ -57,10 +65,7 @@ def test_sigterm_lets_streams_finish_and_flushes_every_record(make_kylon, fake_o
 def test_streams_past_the_grace_period_are_cut_and_recorded(make_kylon, fake_openai):
     k = make_kylon({"KYLON_SHUTDOWN_GRACE_SECONDS": "0.5"})
     _, key = k.agent_with_key("10")
-    client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key, max_retries=0)
-    with client.chat.completions.with_streaming_response.create(
-        model="silent-stream", messages=[{"role": "user", "content": "b"}], stream=True
-    ) as response:
+    with streamed_call(k, key, "silent-stream") as response:
         stream_id = response.headers["x-kylon-request-id"]
         next(iter(response.parse()))
         received = fake_openai.last()
@@ -76,10 +81,7 @@ def test_either_event_loop_relays_a_stream_and_stops_cleanly(make_kylon, loop):
     k = make_kylon({"KYLON_EVENT_LOOP": loop})
     assert f"event loop {loop}" in k.read_log()
     _, key = k.agent_with_key("10")
-    client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key, max_retries=0)
-    with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "c"}], stream=True
-    ) as response:
+    with streamed_call(k, key, "gpt-4o-mini") as response:
         request_id = response.headers["x-kylon-request-id"]
         chunks = list(response.parse())
     assert chunks[-1].choices[0].finish_reason == "stop"
