@@ -65,7 +65,6 @@ class KylonHTTPServer(HTTPServer):
         # wraps every request's header read in with_timeout for it: the sweep
         # below keeps that time-out instead.
         self.conn_params.header_timeout = None
-        self.conn_params.body_timeout = None
         self.limits = {WAITING: client_idle_timeout, READING_BODY: client_body_timeout}
         self.requests = {}  # connection -> its current WatchedRequest
         shortest = min((t for t in self.limits.values() if t), default=None)
