@@ -9,6 +9,8 @@ and one sweep, a few times a second, closes a connection that has waited for a
 request's headers longer than the idle time-out, or has been sending a body
 longer than the body time-out. An answer being sent has no time-out here (as
 with Tornado's own): an upstream's silence is the relay's business.
+
+Nagle's algorithm is off for a connection's whole life (see handle_stream).
 """
 
 import time
@@ -58,6 +60,10 @@ class WatchedRequest(httputil.HTTPMessageDelegate):
         return self.delegate.on_connection_close()
 
 
+def _nodelay_stays_on(value):
+    pass
+
+
 class KylonHTTPServer(HTTPServer):
     def initialize(self, *args, client_idle_timeout=None, client_body_timeout=None, **kwargs):
         super().initialize(*args, **kwargs)
@@ -73,6 +79,15 @@ class KylonHTTPServer(HTTPServer):
             # Connections are cut within a quarter of their time-out (at most 1 s) past it.
             self.sweeper = PeriodicCallback(self.sweep, 1000 * min(max(shortest / 4, 0.05), 1.0))
             self.sweeper.start()
+
+    def handle_stream(self, stream, address):
+        # Kylon writes each answer, or each batch of a stream's chunks, in one
+        # send that should leave at once: Nagle stays off. (Tornado switches
+        # it on and off again around every answer: two setsockopt calls a
+        # request, and a stream's chunks would wait for ACKs in between.)
+        stream.set_nodelay(True)
+        stream.set_nodelay = _nodelay_stays_on
+        super().handle_stream(stream, address)
 
     def start_request(self, server_conn, request_conn):
         watched = WatchedRequest(super().start_request(server_conn, request_conn))

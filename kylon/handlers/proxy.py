@@ -389,10 +389,8 @@ class ProxyHandler(BaseHandler):
             # a failure before then can still be answered with a clean 502.
             return
         self.headers_sent = True
-        # Sent in parts as it arrives: each part goes out at once. (Tornado
-        # leaves Nagle on until an answer ends; a chunk behind the headers
-        # would wait for the client's ACK, up to its 40 ms delayed-ACK timer.)
-        self.request.connection.stream.set_nodelay(True)
+        # Sent in parts as it arrives: each part goes out at once (Nagle is
+        # off on client connections, see server.py).
         self.flush()
 
     def upstream_chunk(self, chunk):
