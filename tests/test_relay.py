@@ -6,6 +6,7 @@ import time
 
 import pytest
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient
 
 from kylon import relay
 
@@ -120,3 +121,42 @@ async def test_cancel_while_still_connecting():
         for s in fillers:
             s.close()
         listener.close()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_curl_sockets_are_watched_while_in_use_and_then_forgotten(http_server, http_port):
+    client = AsyncHTTPClient()
+    calls = [relay.UpstreamCall("GET", f"http://127.0.0.1:{http_port}/fine", {}, None,
+                                lambda s, h: None, lambda c: None) for _ in range(20)]
+    assert await asyncio.gather(*(call.run() for call in calls)) == [relay.COMPLETED] * 20
+    # Every socket libcurl asked about it has also said it was done with.
+    assert client._watched == {}
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_socket_number_reused_unannounced_is_watched_again():
+    """The kernel drops a closed socket from the epoll set by itself: when
+    libcurl reuses its number before Kylon heard of the close, the new socket
+    is registered anew, and one still registered is updated."""
+    import select
+    import socket
+
+    import pycurl
+
+    client = AsyncHTTPClient()
+    first, peer = socket.socketpair()
+    number = first.fileno()
+    client._handle_socket(pycurl.POLL_IN, number, None, None)
+    first.close()  # never announced with POLL_REMOVE
+    second, peer2 = socket.socketpair()
+    try:
+        if second.fileno() != number:
+            pytest.skip("the system gave the new socket another number")
+        client._handle_socket(pycurl.POLL_OUT, number, None, None)
+        assert client._watched[number] == select.EPOLLOUT
+        assert (number, select.EPOLLOUT) in client._epoll.poll(0)  # writable, and watched
+        client._handle_socket(pycurl.POLL_REMOVE, number, None, None)
+        assert number not in client._watched and client._epoll.poll(0) == []
+    finally:
+        for s in (peer, second, peer2):
+            s.close()
