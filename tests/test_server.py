@@ -1,5 +1,6 @@
 """Kylon's HTTP server on its own (pytest-tornado): Nagle stays off on client
-connections, across answers of a keep-alive connection."""
+connections, across answers of a keep-alive connection; reads go into small
+buffers."""
 
 import socket
 
@@ -8,7 +9,7 @@ import tornado.web
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.testing import bind_unused_port
 
-from kylon.server import KylonHTTPServer
+from kylon.server import READ_CHUNK_BYTES, KylonHTTPServer
 
 
 class Plain(tornado.web.RequestHandler):
@@ -42,6 +43,9 @@ async def test_nagle_stays_off_on_client_connections():
             # alone switches it back on when an answer ends).
             assert len(sockets) == 1
             assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        # Each read fills a new buffer of this size (Tornado's default: 64 KiB).
+        assert [conn.stream.read_chunk_size for conn in server._connections] == [READ_CHUNK_BYTES]
+        assert READ_CHUNK_BYTES <= 16 * 1024
     finally:
         client.close()
         server.stop()
