@@ -160,3 +160,21 @@ async def test_a_socket_number_reused_unannounced_is_watched_again():
     finally:
         for s in (peer, second, peer2):
             s.close()
+
+
+def test_header_lines_are_parsed_as_a_block_and_bad_fields_dropped():
+    valid = relay.parse_header_lines(
+        [b"Content-Type: text/event-stream\r\n", b"Set-Cookie: a=1\r\n", b"set-cookie: b=2\r\n",
+         b"X-Latin: caf\xe9 \t\r\n", b"X-Lf-Only: yes\n", b"X-Empty:\r\n"]
+    )
+    assert list(valid.get_all()) == [
+        ("Content-Type", "text/event-stream"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
+        ("X-Latin", "caf\xe9"), ("X-Lf-Only", "yes"), ("X-Empty", ""),
+    ]
+    # One bad line: each line is then checked on its own, and only the bad ones go.
+    mixed = relay.parse_header_lines(
+        [b"Good: 1\r\n", b"Bad Name: 2\r\n", b"Control: a\x01b\r\n", b"Bare: a\rb\r\n", b"no colon\r\n",
+         b"Also: ok\r\n"]
+    )
+    assert list(mixed.get_all()) == [("Good", "1"), ("Also", "ok")]
+    assert list(relay.parse_header_lines([]).get_all()) == []
