@@ -189,10 +189,16 @@ EPOLL_EVENTS = {
 
 
 def encode_headers(headers):
-    """Header lines for libcurl's HTTPHEADER. Empty `Expect:` and `Pragma:`
+    """Header lines for libcurl's HTTPHEADER, from HTTPHeaders, a dict or
+    (name, value) pairs. Empty `Expect:` and `Pragma:`
     lines keep libcurl from adding its own (a 100-continue wait on larger
     bodies; no-cache). A CR or LF in a line is refused, not sent."""
-    items = headers.get_all() if isinstance(headers, HTTPHeaders) else headers.items()
+    if isinstance(headers, HTTPHeaders):
+        items = headers.get_all()
+    elif isinstance(headers, dict):
+        items = headers.items()
+    else:
+        items = headers  # (name, value) pairs
     lines = []
     seen = set()
     for name, value in items:

@@ -339,18 +339,26 @@ class ProxyHandler(BaseHandler):
         return await self.call.run()
 
     def upstream_headers(self):
+        """The (name, value) pairs sent upstream: the client's end-to-end
+        headers (already checked by the HTTP server) less what never goes
+        upstream, then the provider's defaults and its credential."""
         provider = self.provider
-        drop = NEVER_FORWARD | set(provider.client_key_headers) | set(provider.drop_request_headers)
-        headers = relay.filter_headers(self.request.headers, drop)
-        for name in [n for n, v in headers.get_all() if KEY_PREFIX in v]:
+        drop = NEVER_FORWARD.union(provider.client_key_headers, provider.drop_request_headers)
+        credential = provider.auth_headers()
+        replaced = {name.lower() for name in credential}
+        pairs = [
+            (name, value)
+            for name, value in relay.end_to_end_headers(self.request.headers, drop)
             # A Kylon key in any other header stays here too.
-            del headers[name]
-        for name, value in provider.default_request_headers.items():
-            if name not in headers:
-                headers[name] = value
-        for name, value in provider.auth_headers().items():
-            headers[name] = value
-        return headers
+            if KEY_PREFIX not in value and name.lower() not in replaced
+        ]
+        if provider.default_request_headers:
+            present = {name.lower() for name, _ in pairs}
+            for name, value in provider.default_request_headers.items():
+                if name.lower() not in present:
+                    pairs.append((name, value))
+        pairs.extend(credential.items())
+        return pairs
 
     def upstream_headers_arrived(self, status, headers):
         self.first_byte_at = time.monotonic()
