@@ -149,6 +149,11 @@ def _decode(obj):
     return obj
 
 
+# One encoder for every line (json.dumps with a `default` builds a new one
+# each call); no spaces after separators.
+_JOURNAL_ENCODER = json.JSONEncoder(default=_encode, separators=(",", ":"))
+
+
 class Journal:
     """Append-only segment files `<prefix>-<n>.jsonl`, one record a line."""
 
@@ -182,7 +187,7 @@ class Journal:
             self.path = f"{self.prefix}-{self.number}.jsonl"
             self.number += 1
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self.fd, json.dumps(record, default=_encode).encode() + b"\n")
+        os.write(self.fd, _JOURNAL_ENCODER.encode(record).encode() + b"\n")
 
     def rotate(self):
         """Close the current segment; its records are the batch being flushed."""
