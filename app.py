@@ -16,10 +16,10 @@ import secrets
 import signal
 import sys
 
-import tornado.web
 
 from kylon import relay
 from kylon.accesslog import LOG_FORMAT, AccessLog
+from kylon.application import KylonApplication
 from kylon.auth import AccountCache
 from kylon.billing import PriceBook
 from kylon.db import DatabaseWorker
@@ -74,7 +74,7 @@ def make_app(services, cookie_secret):
     # gemini_helpers first: its routes are under the generic /proxy/<provider> route.
     for module in (gemini_helpers, proxy, admin_api, admin_pages, health, metrics_handlers):
         handlers.extend(module.default_handlers)
-    return tornado.web.Application(
+    return KylonApplication(
         handlers,
         default_handler_class=base.NotFoundHandler,
         kylon=services,
