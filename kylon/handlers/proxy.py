@@ -398,18 +398,23 @@ class ProxyHandler(BaseHandler):
             return
         self.headers_sent = True
         # Sent in parts as it arrives: each part goes out at once (Nagle is
-        # off on client connections, see server.py).
-        self.flush()
+        # off on client connections, see server.py). The headers go at the end
+        # of this loop turn, with the first chunks when they came with them.
+        self.schedule_flush()
 
     def upstream_chunk(self, chunk):
         out = self.meter.feed(chunk) if self.meter is not None else chunk
         if out and not self.client_gone:
             self.write(out)
-            if self.headers_sent and not self.flush_scheduled:
-                # Chunks that arrive together leave together: one send per
-                # loop turn, not one per chunk.
-                self.flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self.flush_written)
+            if self.headers_sent:
+                self.schedule_flush()
+
+    def schedule_flush(self):
+        # What arrives together leaves together: one send per loop turn, not
+        # one per chunk (nor one for the headers and one for the first chunk).
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush_written)
 
     def flush_written(self):
         self.flush_scheduled = False
