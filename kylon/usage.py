@@ -34,9 +34,25 @@ log = logging.getLogger("kylon.usage")
 BATCH = 200
 
 
-# Rows per INSERT statement: 26 values each stays under SQLite's 32,766
+# Most rows per INSERT statement: 26 values each stays under SQLite's 32,766
 # bound variables (and far under MySQL's packet size).
-ROWS_PER_INSERT = 500
+ROWS_PER_INSERT = 256
+
+
+def statement_sizes(count):
+    """Row counts of the INSERTs that write `count` rows: powers of two, the
+    largest first (300 → 256, 32, 8, 4). sqlite3 keeps its last 128 prepared
+    statements, and a statement of a few hundred rows holds nearly 1 MB: one
+    statement per batch size would grow memory by 100 MB and prepare each
+    one anew. With these sizes there are 9 statements, each reused."""
+    sizes = []
+    size = ROWS_PER_INSERT
+    while count:
+        while size > count:
+            size //= 2
+        sizes.append(size)
+        count -= size
+    return sizes
 
 
 def insert_records(records):
@@ -55,8 +71,10 @@ def insert_records(records):
     head = f"INSERT INTO {UsageRecord._meta.table_name} ({columns}) VALUES "
     converters = [_converter(field) for field in fields]
     cursor = database.cursor()
-    for start in range(0, len(records), ROWS_PER_INSERT):
-        chunk = records[start : start + ROWS_PER_INSERT]
+    start = 0
+    for size in statement_sizes(len(records)):
+        chunk = records[start : start + size]
+        start += size
         values = [
             record[name] if convert is None else convert(record[name])
             for record in chunk
