@@ -359,6 +359,7 @@ class BodyStream:
     def close(self):
         """The transfer is over or cancelled: drop what waits and free the client."""
         self._closed = True
+        self.on_sent = None  # the call's own method: no cycle left behind
         self._chunks.clear()
         self._waiting = 0
         self._release()
@@ -615,7 +616,17 @@ class UpstreamCall:
         # class hands out the one instance with configure_client's max_clients
         # (a subclass called directly is a client of its own with 10 handles).
         AsyncHTTPClient().start(self)
-        errno = await self._done
+        try:
+            return self._outcome(await self._done)
+        finally:
+            # The callbacks are the caller's bound methods, and the caller
+            # holds this call: dropping them breaks the cycle, so a finished
+            # request is freed at once by reference counting instead of
+            # waiting, with everything it holds, for the cyclic GC (whose
+            # passes over thousands of such requests paused the loop 10-20 ms).
+            self.on_headers = self.on_chunk = None
+
+    def _outcome(self, errno):
         if self._cancelled:
             return CANCELLED
         if self._timed_out:

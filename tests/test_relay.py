@@ -178,3 +178,35 @@ def test_header_lines_are_parsed_as_a_block_and_bad_fields_dropped():
     )
     assert list(mixed.get_all()) == [("Good", "1"), ("Also", "ok")]
     assert list(relay.parse_header_lines([]).get_all()) == []
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_finished_call_lets_its_caller_go_without_the_cyclic_gc(http_server, http_port):
+    """The caller holds the call and the call holds the caller's bound
+    methods: once the call is over, that cycle is broken, so a finished
+    request is freed by reference counting (no GC pause for it later)."""
+    import gc
+    import weakref
+
+    class Caller:
+        def __init__(self):
+            self.chunks = []
+            self.call = relay.UpstreamCall("GET", f"http://127.0.0.1:{http_port}/fine", {}, None,
+                                           self.on_headers, self.on_chunk)
+
+        def on_headers(self, status, headers):
+            self.status = status
+
+        def on_chunk(self, chunk):
+            self.chunks.append(chunk)
+
+    caller = Caller()
+    assert await caller.call.run() == relay.COMPLETED
+    assert caller.status == 200 and b"".join(caller.chunks) == b'{"ok": true}'
+    gone = weakref.ref(caller)
+    gc.disable()
+    try:
+        del caller
+        assert gone() is None
+    finally:
+        gc.enable()
