@@ -16,7 +16,6 @@ import secrets
 import signal
 import sys
 
-
 from kylon import relay
 from kylon.accesslog import LOG_FORMAT, AccessLog
 from kylon.application import KylonApplication

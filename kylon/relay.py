@@ -190,9 +190,9 @@ EPOLL_EVENTS = {
 
 def encode_headers(headers):
     """Header lines for libcurl's HTTPHEADER, from HTTPHeaders, a dict or
-    (name, value) pairs. Empty `Expect:` and `Pragma:`
-    lines keep libcurl from adding its own (a 100-continue wait on larger
-    bodies; no-cache). A CR or LF in a line is refused, not sent."""
+    (name, value) pairs. Empty `Expect:` and `Pragma:` lines keep libcurl from
+    adding its own (a 100-continue wait on larger bodies; no-cache). A CR or LF
+    in a line is refused, not sent."""
     if isinstance(headers, HTTPHeaders):
         items = headers.get_all()
     elif isinstance(headers, dict):
@@ -261,14 +261,6 @@ def end_to_end_headers(headers, drop=()):
             continue
         pairs.append((name, value))
     return pairs
-
-
-def filter_headers(headers, drop=()):
-    """end_to_end_headers() as a new HTTPHeaders."""
-    out = HTTPHeaders()
-    for name, value in end_to_end_headers(headers, drop):
-        out.add(name, value)
-    return out
 
 
 class BodyStream:
