@@ -21,8 +21,9 @@ from kylon.accesslog import LOG_FORMAT, AccessLog
 from kylon.application import KylonApplication
 from kylon.auth import AccountCache
 from kylon.billing import PriceBook
-from kylon.db import DatabaseWorker
-from kylon.handlers import admin_api, admin_pages, base, gemini_helpers, health, metrics as metrics_handlers, proxy
+from kylon.credits import Balances
+from kylon.db import DatabaseWorker, repeat
+from kylon.handlers import NotFoundHandler, default_handlers
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Gate, Setting, open_database
 from kylon.providers import load_providers
@@ -69,13 +70,9 @@ def seed_gates(providers):
 
 
 def make_app(services, cookie_secret):
-    handlers = []
-    # gemini_helpers first: its routes are under the generic /proxy/<provider> route.
-    for module in (gemini_helpers, proxy, admin_api, admin_pages, health, metrics_handlers):
-        handlers.extend(module.default_handlers)
     return KylonApplication(
-        handlers,
-        default_handler_class=base.NotFoundHandler,
+        default_handlers(services.providers),
+        default_handler_class=NotFoundHandler,
         kylon=services,
         log_function=services.access_log,
         template_path=os.path.join(HERE, "templates"),
@@ -113,12 +110,14 @@ async def serve(settings):
         defaults={p.name: p.prices for p in providers.values()},
         fallbacks={p.name: p.fallback_price for p in providers.values()},
     )
-    cache = AccountCache(worker, pricebook, settings.cache_refresh_seconds)
+    balances = Balances()
+    cache = AccountCache(worker, balances, settings.cache_refresh_seconds)
     await cache.refresh()
+    await pricebook.reload(worker)
     journal_name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"usage-{settings.host}-{settings.port}")
-    writer = UsageWriter(worker, cache, settings.usage_flush_seconds, Journal(settings.journal_dir, journal_name))
+    writer = UsageWriter(worker, balances, settings.usage_flush_seconds, Journal(settings.journal_dir, journal_name))
     writer.replay_journal()
-    services = Services(settings, worker, cache, writer, providers, pricebook, admin_hash)
+    services = Services(settings, worker, cache, balances, writer, providers, pricebook, admin_hash)
     services.access_log = AccessLog()
     services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,
                                         forget_after=300)
@@ -134,6 +133,8 @@ async def serve(settings):
     )
     server.listen(settings.port, settings.host)
     cache.start()
+    # Other processes' price changes: the admin handlers reload at once after their own.
+    prices_task = repeat(settings.cache_refresh_seconds, lambda: pricebook.reload(worker), "price reload")
     writer.start()
     # Everything made at start lives as long as the process: keep the cyclic
     # GC from walking it again and again (its full passes are latency spikes).
@@ -148,6 +149,7 @@ async def serve(settings):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    prices_task.cancel()
     await shutdown(server, services)
 
 

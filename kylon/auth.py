@@ -1,4 +1,5 @@
-"""Kylon keys: generation, hashing, and the in-memory cache the proxy path reads.
+"""Accounts: Kylon keys (generation, hashing), agents, skills and gates, and
+the in-memory cache of them that the proxy path reads.
 
 Keys are `pak_` + 43 URL-safe characters (256 random bits). Only their SHA-256
 is stored: the key has full entropy, so a slow password hash would only add
@@ -8,20 +9,17 @@ refresh re-reads every cached entry every `cache_refresh_seconds`, which bounds
 how long a revocation or a skill change made by another process takes here.
 """
 
-import asyncio
 import datetime
 import hashlib
-import logging
 import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from .billing import load_price_overrides
+from .db import repeat
 from .models import Agent, AgentSkill, ApiKey, CreditHold, Gate, utcnow
 
-log = logging.getLogger("kylon.auth")
 
 KEY_PREFIX = "pak_"
 # Unknown keys are remembered briefly so a flood of bad keys cannot turn into a
@@ -55,21 +53,8 @@ class AgentEntry:
     agent_id: int
     name: str
     skills: frozenset
+    # The agent's balance as read with it (handed to credits.Balances).
     db_balance: Decimal
-    # Debits charged here but not yet written to the database.
-    unflushed: Decimal = Decimal(0)
-    # Credits held by this process's calls still running, and by other processes'.
-    held: Decimal = Decimal(0)
-    held_elsewhere: Decimal = Decimal(0)
-
-    @property
-    def balance(self):
-        return self.db_balance - self.unflushed
-
-    @property
-    def available(self):
-        """What new calls may still use: the balance less every hold."""
-        return self.db_balance - self.unflushed - self.held - self.held_elsewhere
 
 
 @dataclass
@@ -135,9 +120,11 @@ def _touch_keys(key_ids):
 
 
 class AccountCache:
-    def __init__(self, db_worker, pricebook, refresh_seconds=2.0):
+    def __init__(self, db_worker, balances, refresh_seconds=2.0):
         self.db = db_worker
-        self.pricebook = pricebook
+        # The agents' credits (credits.Balances): their committed balances are
+        # read here, with the agents.
+        self.balances = balances
         self.refresh_seconds = refresh_seconds
         self.keys = {}  # key hash -> KeyEntry
         self.agents = {}  # agent id -> AgentEntry
@@ -172,7 +159,9 @@ class AccountCache:
             if entry.agent_id not in self.agents:
                 for agent_id, loaded in (await self.db.run(_load_agents, [entry.agent_id])).items():
                     # Another lookup may have loaded it meanwhile: keep that entry.
-                    self.agents.setdefault(agent_id, loaded)
+                    if agent_id not in self.agents:
+                        self.agents[agent_id] = loaded
+                        self.balances.set_committed(agent_id, loaded.db_balance)
             self.keys[digest] = entry
         if entry.revoked:
             return None, "revoked"
@@ -183,28 +172,6 @@ class AccountCache:
             return None, "invalid"
         self._used_keys.add(entry.key_id)
         return entry, agent
-
-    def charge(self, agent_id, credits):
-        """A debit handed to the usage writer: seen at once in the cached balance."""
-        agent = self.agents.get(agent_id)
-        if agent is not None:
-            agent.unflushed += credits
-
-    def try_hold(self, agent, amount):
-        """Hold `amount` for a call about to start, if anything is available."""
-        if agent.available <= 0:
-            return False
-        agent.held += amount
-        return True
-
-    def release(self, agent, amount):
-        agent.held -= amount
-
-    def charged_written(self, agent_id, credits):
-        """The usage writer committed that debit: it is now in db_balance's source."""
-        agent = self.agents.get(agent_id)
-        if agent is not None:
-            agent.unflushed -= credits
 
     # -- changes made by this process's admin API: effective at once --------
     def forget_key(self, key_hash):
@@ -224,7 +191,7 @@ class AccountCache:
         if db_balance is not None:
             # The admin read the balance after its own committed change; the
             # writer may still hold debits for this agent, which stay unflushed.
-            agent.db_balance = db_balance
+            self.balances.set_committed(agent_id, db_balance)
 
     def set_gates(self, rules):
         self.gates = GateTable(dict(rules))
@@ -235,7 +202,7 @@ class AccountCache:
         agent_ids = {e.agent_id for e in self.keys.values()} | set(self.agents)
         used, self._used_keys = self._used_keys, set()
 
-        holds = {a.agent_id: a.held for a in self.agents.values() if a.held}
+        holds = self.balances.holds()
         stale_after = datetime.timedelta(seconds=max(3 * self.refresh_seconds, 5))
 
         def work():
@@ -244,10 +211,9 @@ class AccountCache:
             keys = _load_keys(hashes) if hashes else {}
             agents = _load_agents(agent_ids) if agent_ids else {}
             elsewhere = _publish_holds(self.process_id, holds, agent_ids, stale_after)
-            return keys, agents, _load_gates(), load_price_overrides(), elsewhere
+            return keys, agents, _load_gates(), elsewhere
 
-        keys, agents, gates, prices, elsewhere = await self.db.run(work)
-        self.pricebook.overrides = prices
+        keys, agents, gates, elsewhere = await self.db.run(work)
         # Keys deleted from the database disappear; the rest are replaced.
         for digest in hashes:
             if digest in keys:
@@ -260,20 +226,13 @@ class AccountCache:
                 current = self.agents[agent_id] = fresh
             else:
                 # Updated in place: calls in flight hold a reference to this entry.
-                current.name, current.skills, current.db_balance = fresh.name, fresh.skills, fresh.db_balance
-            current.held_elsewhere = elsewhere.get(agent_id, Decimal(0))
+                current.name, current.skills = fresh.name, fresh.skills
+            self.balances.set_committed(agent_id, fresh.db_balance)
+        self.balances.set_held_elsewhere(agent_ids, elsewhere)
         self.gates = GateTable(gates)
 
     def start(self):
-        self._task = asyncio.ensure_future(self._refresh_loop())
-
-    async def _refresh_loop(self):
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
-            try:
-                await self.refresh()
-            except Exception as e:  # the database may be away for a while
-                log.warning("cache refresh failed: %s", e)
+        self._task = repeat(self.refresh_seconds, self.refresh, "cache refresh")
 
     def stop(self):
         if self._task is not None:

@@ -104,14 +104,20 @@ PRICE_CACHE_SIZE = 4096
 class PriceBook:
     """Shipped defaults plus the operator's overrides, per provider.
 
-    Lookups are cached per (provider, model) until `overrides` is replaced (the
-    account cache and the admin API assign a fresh dict on every change)."""
+    Lookups are cached per (provider, model) until `overrides` is replaced
+    (`reload` assigns a fresh dict)."""
 
     defaults: dict = field(default_factory=dict)  # provider -> {model: Price}
     fallbacks: dict = field(default_factory=dict)  # provider -> Price
     overrides: dict = field(default_factory=dict)  # (provider, model) -> partial dict
     _cache: dict = field(default_factory=dict, repr=False)
     _cached_overrides: object = field(default=None, repr=False)
+
+    async def reload(self, db):
+        """Read the operator's overrides again (after an admin change, and
+        periodically for changes made by other processes); the one place they
+        are loaded."""
+        self.overrides = await db.run(load_price_overrides)
 
     def price(self, provider, model):
         """(Price, is_fallback)"""

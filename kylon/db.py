@@ -9,6 +9,9 @@ refresh and a flush never interleave.
 import asyncio
 import concurrent.futures
 import functools
+import logging
+
+log = logging.getLogger("kylon.db")
 
 
 class DatabaseWorker:
@@ -43,3 +46,19 @@ class DatabaseWorker:
     def close(self):
         self.executor.submit(self.database.close).result()
         self.executor.shutdown(wait=True)
+
+
+def repeat(seconds, refresh, what):
+    """A task running `await refresh()` every `seconds` until cancelled; a
+    failure is logged and tried again next time (the database may be away
+    for a while)."""
+
+    async def loop():
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await refresh()
+            except Exception as e:
+                log.warning("%s failed: %s", what, e)
+
+    return asyncio.ensure_future(loop())

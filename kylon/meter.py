@@ -18,7 +18,8 @@ JSON_BODY_CAP = 64 * 1024 * 1024
 
 
 class ResponseMeter:
-    __slots__ = ("exchange", "route", "status", "scanner", "filtering", "body", "body_size", "json_body")
+    __slots__ = ("exchange", "route", "status", "scanner", "filtering", "body", "body_size", "json_body",
+                 "reshapes", "answer_json")
 
     def __init__(self, exchange):
         self.exchange = exchange
@@ -29,6 +30,10 @@ class ResponseMeter:
         self.body = None
         self.body_size = 0
         self.json_body = False
+        # The route answers in a shape of its own (Route.answer): the upstream's
+        # JSON is kept from the client, and reshaped at the end.
+        self.reshapes = False
+        self.answer_json = None
 
     def on_headers(self, status, headers):
         self.status = status
@@ -39,6 +44,9 @@ class ResponseMeter:
         if "text/event-stream" in content_type and route.on_event is not None:
             self.scanner = SSEScanner()
             self.filtering = self.exchange.hide_usage_chunk or route.filters_stream
+        elif route.answer is not None and status < 400:
+            self.json_body = self.reshapes = True
+            self.body = []
         elif "json" in content_type and route.read_usage is not None and status < 400:
             self.json_body = True
             self.body = []
@@ -56,11 +64,14 @@ class ResponseMeter:
             return b"".join(kept)
         if self.json_body:
             self.body_size += len(chunk)
-            if self.body_size <= JSON_BODY_CAP:
+            if self.body is not None and self.body_size <= JSON_BODY_CAP:
                 self.body.append(chunk)
             else:
+                # Too large to read: relayed as it is, unless the route reshapes it.
                 self.body = None
-                self.json_body = False
+                self.json_body = self.reshapes
+            if self.reshapes:
+                return b""
         return chunk
 
     def close(self):
@@ -79,12 +90,27 @@ class ResponseMeter:
                 # A JSON array of answers (Gemini streaming without alt=sse):
                 # the last one carries the usage.
                 parsed = parsed[-1]
-            if isinstance(parsed, dict):
+            if self.reshapes:
+                self.answer_json = parsed if isinstance(parsed, dict) else None
+            if isinstance(parsed, dict) and self.route.read_usage is not None:
                 usage = self.route.read_usage(parsed)
                 if usage is not None:
                     exchange.usage = usage
                     exchange.usage_final = True
         return b""
+
+
+    @property
+    def answer_problem(self):
+        """Why an answer the route reshapes cannot be ("" when it can)."""
+        if self.reshapes and self.answer_json is None:
+            return "The upstream answer was not a JSON object."
+        return ""
+
+    def reshaped(self, usage, credits):
+        """The route's own answer, built from the upstream's JSON and the call's usage."""
+        answer = self.route.answer(self.exchange, self.answer_json, usage, credits)
+        return json.dumps(answer, default=str).encode("utf-8")
 
 
 def settle_usage(exchange, finished):

@@ -86,3 +86,17 @@ def child(metric, *labels):
     if series is None:
         series = _children[key] = metric.labels(*labels)
     return series
+
+
+HISTOGRAMS = (REQUEST_DURATION, TIME_TO_FIRST_BYTE)
+
+
+def observe(observations):
+    """Apply (metric, label values, amount) observations: histograms observe,
+    counters count."""
+    for metric, labels, amount in observations:
+        series = child(metric, *labels)
+        if metric in HISTOGRAMS:
+            series.observe(amount)
+        else:
+            series.inc(amount)

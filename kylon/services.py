@@ -9,6 +9,7 @@ class Services:
     settings: object
     db: object  # db.DatabaseWorker
     cache: object  # auth.AccountCache
+    balances: object  # credits.Balances
     writer: object  # usage.UsageWriter
     providers: dict  # name -> Provider
     pricebook: object  # billing.PriceBook
@@ -18,3 +19,8 @@ class Services:
     # Failed key checks per client address (throttle.FailureThrottle).
     bad_keys: object = None
     access_log: object = None  # accesslog.AccessLog
+    # Every request header a provider takes a Kylon key from: none goes upstream.
+    key_headers: frozenset = frozenset()
+
+    def __post_init__(self):
+        self.key_headers = frozenset(h for p in self.providers.values() for h in p.client_key_headers)

@@ -231,9 +231,10 @@ class Journal:
 
 
 class UsageWriter:
-    def __init__(self, db_worker, account_cache, flush_seconds=0.25, journal=None):
+    def __init__(self, db_worker, balances, flush_seconds=0.25, journal=None):
         self.db = db_worker
-        self.cache = account_cache
+        # credits.Balances: told of each debit as it is charged and as it is committed.
+        self.balances = balances
         self.flush_seconds = flush_seconds
         self.journal = journal
         self.pending = []
@@ -256,7 +257,7 @@ class UsageWriter:
         if self.journal is not None:
             self.journal.append(record)
         self.pending.append(record)
-        self.cache.charge(record["agent_id"], record["credits"])
+        self.balances.charge(record["agent_id"], record["credits"])
         metrics.USAGE_PENDING.set(len(self.pending))
 
     async def flush(self):
@@ -283,7 +284,7 @@ class UsageWriter:
             if self.journal is not None:
                 self.journal.committed(segments)
             for record in batch:
-                self.cache.charged_written(record["agent_id"], record["credits"])
+                self.balances.charged_written(record["agent_id"], record["credits"])
         finally:
             done, self._flushing = self._flushing, None
             done.set_result(None)

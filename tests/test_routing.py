@@ -7,21 +7,18 @@ import pytest
 import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
-import app
 from kylon.application import KylonApplication
+from kylon.handlers import NotFoundHandler, default_handlers
+from kylon.providers import load_providers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def handlers():
-    rules = []
-    for module in (app.gemini_helpers, app.proxy, app.admin_api, app.admin_pages, app.health,
-                   app.metrics_handlers):
-        rules.extend(module.default_handlers)
-    return rules
+    return default_handlers(load_providers({}))
 
 
-SETTINGS = dict(default_handler_class=app.base.NotFoundHandler, static_path=os.path.join(HERE, "..", "static"))
+SETTINGS = dict(default_handler_class=NotFoundHandler, static_path=os.path.join(HERE, "..", "static"))
 
 
 @pytest.mark.parametrize("path", [

@@ -84,7 +84,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear()
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
+        for name, value in self.error_headers().items():
+            self.set_header(name, value)
         self.finish(json.dumps(error_body(self.error_style, status, message, code)))
+
+    def error_headers(self):
+        """Headers of Kylon's own errors on this handler, besides the usual ones."""
+        return {}
 
     def write_error(self, status_code, **kwargs):
         message = self._reason

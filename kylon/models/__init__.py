@@ -9,7 +9,7 @@ from playhouse.db_url import connect
 
 from .base import database, CreditsField, to_nano, from_nano, utcnow, NANO as NANO_QUANTUM
 from .account import Agent, AgentSkill, ApiKey, CreditLedger, Gate
-from .usage import UsageRecord
+from .usage import UsageRecord, UsageStatus
 from .pricing import PriceOverride, Setting
 from .migrations import SCHEMA_VERSION, upgrade
 from .upload import UploadSession

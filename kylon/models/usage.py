@@ -1,8 +1,21 @@
 """One row per authenticated proxy call."""
 
+import enum
+
 import peewee
 
 from .base import BaseModel, CreditsField
+
+
+class UsageStatus(enum.StrEnum):
+    """What became of a call (kylon/calls/outcome.py decides)."""
+
+    COMPLETED = "completed"
+    UPSTREAM_ERROR = "upstream_error"  # the provider answered with an error
+    DISCONNECTED = "disconnected"  # the client left before the answer ended
+    REJECTED = "rejected"  # refused by Kylon, nothing sent upstream
+    ERROR = "error"  # the upstream could not be reached, timed out or broke off
+    INTERRUPTED = "interrupted"  # cut by a shutdown
 
 
 class UsageRecord(BaseModel):
@@ -13,7 +26,7 @@ class UsageRecord(BaseModel):
     route = peewee.CharField(max_length=200)
     model = peewee.CharField(max_length=200, default="")
     stream = peewee.BooleanField(default=False)
-    # completed, upstream_error, disconnected, rejected, error, interrupted
+    # a UsageStatus
     status = peewee.CharField(max_length=20)
     http_status = peewee.IntegerField(null=True)
     input_tokens = peewee.BigIntegerField(default=0)

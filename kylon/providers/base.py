@@ -27,7 +27,10 @@ class Route:
     on_event: (Exchange, sse.Event) -> bool, called for every SSE event of a
         streamed answer; it records usage on the Exchange and says whether the
         event goes on to the client.
-    rewrite: (Exchange, request JSON) -> True when it changed the request.
+    rewrite: (Exchange, request JSON) -> True when it changed the request;
+        a ValueError refuses the request (400, its message).
+    answer: (Exchange, upstream JSON, Usage, credits) -> the JSON the client
+        gets instead of the upstream's (Kylon's own helper routes).
     """
 
     path: str
@@ -37,6 +40,7 @@ class Route:
     read_usage: Callable | None = None
     on_event: Callable | None = None
     rewrite: Callable | None = None
+    answer: Callable | None = None
     # Default credits held for a call of this route (for routes with no max tokens).
     filters_stream: bool = False
 
@@ -108,6 +112,11 @@ class Provider:
     def __init__(self):
         self.api_key = None
         self.base_url = None
+
+    def get_handlers(self):
+        """URL rules of the provider's own handlers (Gemini's uploads and
+        helpers), matched before the generic proxy rule."""
+        return []
 
     # -- configuration ----------------------------------------------------
     def configure(self, env):

@@ -9,15 +9,16 @@ last chunk carries the complete `usageMetadata`. `:countTokens`, file
 uploads and calls that name no model and send no body cost nothing; other
 pass-through calls with a body are estimated like any call without figures.
 
-Resumable uploads (`/upload/…`) and the helpers are served by
-kylon/handlers/gemini_helpers.py, on top of this module.
+This package: resumable uploads (`/upload/…`) in uploads.py, Kylon's
+helpers in helpers.py (the understanding routes) and upload_urls.py.
 """
 
 import re
 from urllib.parse import unquote
 
-from ..billing import Price, Usage
-from .base import Provider, Route, integer, json_or_none
+from ...billing import Price, Usage
+from ..base import Provider, Route, integer, json_or_none
+from . import helpers
 
 _VERSION = r"/v1(?:beta|alpha)?"
 # `models/{model}:{method}` anywhere in a path (tunedModels are another kind).
@@ -83,10 +84,8 @@ class Gemini(Provider):
         Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens"),
         # Resumable file uploads: the start (JSON metadata) and the byte chunks.
         Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw"),
-        # Kylon's own helpers (kylon/handlers/gemini_helpers.py).
-        Route(r"/files/upload-urls", "files.upload-urls"),
-        Route(r"/file-understanding", "file-understanding", read_usage=gemini_usage),
-        Route(r"/video-audio-understanding", "video-audio-understanding", read_usage=gemini_usage),
+        # Kylon's own helpers.
+        Route(r"/files/upload-urls", "files.upload-urls", rewrite=helpers.check_upload_urls_request),
     ]
     free_routes = frozenset({"countTokens", "files.upload"})
 
@@ -114,6 +113,26 @@ class Gemini(Provider):
     # Unknown models are charged like the dearest common one (3 Pro beyond
     # 200k tokens of prompt), and flagged.
     fallback_price = Price.of(input="4.00", output="18.00")
+
+    def __init__(self):
+        super().__init__()
+        # The understanding helpers' rewrites read this provider's settings.
+        self.routes = self.routes + [
+            Route(
+                "/" + understanding.name, understanding.name, read_usage=gemini_usage,
+                rewrite=understanding, answer=helpers.helper_answer,
+            )
+            for understanding in (helpers.Understanding(self), helpers.VideoAudioUnderstanding(self))
+        ]
+
+    def get_handlers(self):
+        from .upload_urls import UploadUrlsHandler
+        from .uploads import GeminiUploadHandler
+
+        return [
+            (r"/proxy/(gemini)(/upload/.*)", GeminiUploadHandler),
+            (r"/proxy/(gemini)(/files/upload-urls)", UploadUrlsHandler),
+        ]
 
     def configure(self, env):
         super().configure(env)

@@ -1,0 +1,91 @@
+"""A call's usage record and the metric observations that go with it.
+
+`build_record` prices the usage and returns (record, observations): the
+record is the row for the usage writer, the observations are
+(metric, label values, amount) for `metrics.observe`.
+"""
+
+from dataclasses import dataclass
+
+from .. import metrics
+from ..billing import credits_for
+
+TOKEN_KINDS = ("input", "cached_input", "cache_write", "output", "reasoning")
+
+
+@dataclass(slots=True)
+class CallState:
+    """One authenticated proxy call, as far as its record is concerned."""
+
+    request_id: str
+    provider: object  # providers.Provider
+    key: object  # auth.KeyEntry
+    agent: object  # auth.AgentEntry
+    exchange: object  # providers.Exchange
+    started_at: object  # naive UTC datetime
+    t0: float  # time.monotonic() at arrival
+    first_byte_at: float | None = None
+    held: object = 0  # credits held while the call runs
+    recorded: bool = False
+
+    @property
+    def route_name(self):
+        route = self.exchange.route
+        return route.name if route is not None else "passthrough"
+
+
+def status_class(status):
+    return f"{status // 100}xx" if status else "none"
+
+
+def build_record(call, status, http_status, usage, pricebook, now, error="", upstream_request_id=""):
+    """(usage record, observations) for a call that ended at `now`."""
+    provider = call.provider.name
+    exchange = call.exchange
+    model = exchange.model
+    price, fallback = pricebook.price(provider, exchange.price_model or model)
+    credits = credits_for(usage, price)
+    route = call.route_name
+    ttfb = None if call.first_byte_at is None else call.first_byte_at - call.t0
+    observations = [
+        (metrics.REQUESTS, (provider, route, status_class(http_status)), 1),
+        (metrics.REQUEST_DURATION, (provider, route), now - call.t0),
+    ]
+    if ttfb is not None:
+        observations.append((metrics.TIME_TO_FIRST_BYTE, (provider, route), ttfb))
+    model_label = model if pricebook.known_model(provider, model) else "other"
+    for kind in TOKEN_KINDS:
+        count = getattr(usage, kind + "_tokens")
+        if count:
+            observations.append((metrics.TOKENS, (provider, model_label, kind), count))
+    if usage.units:
+        observations.append((metrics.UNITS, (provider, model_label, usage.unit), float(usage.units)))
+    if credits:
+        observations.append((metrics.CREDITS, (provider, model_label), float(credits)))
+    record = {
+        "request_id": call.request_id,
+        "agent_id": call.agent.agent_id,
+        "key_id": call.key.key_id,
+        "provider": provider,
+        "route": route if exchange.route is not None else exchange.path[:200],
+        "model": model[:200],
+        "stream": exchange.stream,
+        "status": str(status),
+        "http_status": http_status,
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "unit": usage.unit,
+        "units": usage.units,
+        "credits": credits,
+        "estimated": usage.estimated,
+        "fallback_price": fallback and not usage.empty and usage.reported_cost is None,
+        "error": error[:500],
+        "upstream_request_id": upstream_request_id,
+        "started_at": call.started_at,
+        "duration_ms": int((now - call.t0) * 1000),
+        "ttfb_ms": None if ttfb is None else int(ttfb * 1000),
+    }
+    return record, observations
