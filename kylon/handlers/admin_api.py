@@ -5,19 +5,17 @@ the in-process caches about it at once, so a revocation or a skill change made
 here applies to the very next proxy call.
 """
 
-import hashlib
-import hmac
 import json
 from decimal import Decimal
 
 from .. import admin
 from ..billing import load_price_overrides
 from ..admin import AdminError
+from ..digest import matches_hash, sha256_hex
 from .base import BaseHandler
 
-
-def token_hash(token):
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+# app.py hashes the configured admin token with this name.
+token_hash = sha256_hex
 
 
 class AdminAPIHandler(BaseHandler):
@@ -25,7 +23,7 @@ class AdminAPIHandler(BaseHandler):
         header = self.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         expected = self.services.admin_token_hash
-        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token_hash(token.strip()), expected):
+        if scheme.lower() != "bearer" or not matches_hash(token, expected):
             self.send_kylon_error(401, "Admin API needs 'Authorization: Bearer <admin token>'.")
 
     def json_body(self):
