@@ -6,7 +6,6 @@ in one place.
 """
 
 import datetime
-import hashlib
 import json
 import time
 from decimal import Decimal, InvalidOperation
@@ -15,6 +14,7 @@ import peewee
 
 from . import auth
 from .billing import PRICE_FIELDS
+from .digest import sha256_hex
 from .models import (
     Agent,
     AgentSkill,
@@ -383,7 +383,7 @@ SESSION_PREFIX = "admin-session:"
 
 
 def _session_name(session_id):
-    return SESSION_PREFIX + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return SESSION_PREFIX + sha256_hex(session_id)
 
 
 def create_admin_session(session_id, who, token_tag, lifetime_seconds):

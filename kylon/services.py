@@ -3,6 +3,8 @@
 
 from dataclasses import dataclass, field
 
+from .throttle import admin_token_throttle
+
 
 @dataclass
 class Services:
@@ -18,6 +20,8 @@ class Services:
     open_calls: set = field(default_factory=set)
     # Failed key checks per client address (throttle.FailureThrottle).
     bad_keys: object = None
+    # Wrong admin tokens per client address, log-in page and admin API together.
+    admin_tokens: object = field(default_factory=admin_token_throttle)
     access_log: object = None  # accesslog.AccessLog
     # Every request header a provider takes a Kylon key from: none goes upstream.
     key_headers: frozenset = frozenset()

@@ -5,27 +5,33 @@ the in-process caches about it at once, so a revocation or a skill change made
 here applies to the very next proxy call.
 """
 
-import hashlib
-import hmac
 import json
 from decimal import Decimal
 
 from .. import admin
 from ..billing import load_price_overrides
 from ..admin import AdminError
+from ..digest import matches_hash, sha256_hex
+from ..errors import error_body
 from .base import BaseHandler
 
-
-def token_hash(token):
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+# app.py hashes the configured admin token with this name.
+token_hash = sha256_hex
 
 
 class AdminAPIHandler(BaseHandler):
-    def prepare(self):
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
+    async def prepare(self):
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
         expected = self.services.admin_token_hash
-        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token_hash(token.strip()), expected):
+        throttle = self.services.admin_tokens
+        address = self.request.remote_ip or ""
+        right = await throttle.check(address, lambda: scheme.lower() == "bearer" and matches_hash(token, expected))
+        if right is None:
+            # send_kylon_error clears headers: build the 429 here to keep Retry-After.
+            self.set_header("Retry-After", str(throttle.retry_after(address)))
+            message = "Too many wrong admin tokens from your address: wait and try again."
+            self.write_json(error_body(self.error_style, 429, message), 429)
+        elif not right:
             self.send_kylon_error(401, "Admin API needs 'Authorization: Bearer <admin token>'.")
 
     def json_body(self):

@@ -1,0 +1,40 @@
+"""The admin pages under /admin (SPEC §10): Jinja templates from templates/,
+CSS and JS from static/ (no CDN: the pages work offline). One module per
+resource; `base` has what they share.
+
+Log-in is with the admin token; the session is a database row named by a
+random id kept in a signed, HttpOnly, SameSite=Strict cookie. Every form
+carries Tornado's XSRF token. Wrong tokens slow down per client address
+(`Services.admin_tokens`). All database work goes through kylon/admin.py on
+the database thread, and every change is told to the in-process caches at
+once, as the JSON API does.
+"""
+
+from .agents import AgentCreditsPage, AgentEditPage, AgentPage, AgentsPage
+from .base import template_environment
+from .gates import GateDeletePage, GatesPage
+from .keys import KeyRevokePage, KeysPage
+from .login import LoginPage, LogoutPage
+from .overview import OverviewPage
+from .pricing import PricingDeletePage, PricingPage
+from .usage import UsageCsvPage, UsagePage
+
+__all__ = ["default_handlers", "template_environment"]
+
+default_handlers = [
+    (r"/admin/?", OverviewPage),
+    (r"/admin/login", LoginPage),
+    (r"/admin/logout", LogoutPage),
+    (r"/admin/agents", AgentsPage),
+    (r"/admin/agents/([0-9]+)", AgentPage),
+    (r"/admin/agents/([0-9]+)/edit", AgentEditPage),
+    (r"/admin/agents/([0-9]+)/credits", AgentCreditsPage),
+    (r"/admin/keys", KeysPage),
+    (r"/admin/keys/([0-9]+)/revoke", KeyRevokePage),
+    (r"/admin/usage", UsagePage),
+    (r"/admin/usage.csv", UsageCsvPage),
+    (r"/admin/pricing", PricingPage),
+    (r"/admin/pricing/delete", PricingDeletePage),
+    (r"/admin/gates", GatesPage),
+    (r"/admin/gates/([0-9]+)/delete", GateDeletePage),
+]

@@ -1,0 +1,88 @@
+"""Prices: what is in force per provider and model, and the operator's overrides."""
+
+import urllib.parse
+
+from ... import admin
+from ...billing import PRICE_FIELDS, load_price_overrides
+from .base import AdminPage
+
+
+def price_fields(price):
+    return {f: getattr(price, f) for f in PRICE_FIELDS}
+
+
+def price_rows(book, providers, by_key, show):
+    """One row per provider and model that has a default or an override
+    (only `show`'s when it names a provider)."""
+    rows = []
+    for provider in sorted(providers):
+        if show and provider != show:
+            continue
+        models = set(book.defaults.get(provider, {})) | {m for p, m in by_key if p == provider}
+        for model in sorted(models):
+            price, fallback = book.price(provider, model)
+            rows.append(
+                {
+                    "provider": provider,
+                    "model": model,
+                    "price": price_fields(price),
+                    "override": by_key.get((provider, model)),
+                    "fallback": fallback,
+                }
+            )
+    return rows
+
+
+def editing_values(book, by_key, edit):
+    """The form's values for the model being edited: its override, else the price in force."""
+    current = by_key.get((edit["provider"], edit["model"]))
+    if current is None and edit["model"]:
+        price, _ = book.price(edit["provider"], edit["model"])
+        current = {f: "" if v is None else str(v) for f, v in price_fields(price).items()}
+    return current or {}
+
+
+class PricingPage(AdminPage):
+    nav = "pricing"
+
+    async def get(self):
+        overrides = await self.services.db.run(admin.list_price_overrides)
+        book = self.services.pricebook
+        by_key = {(o["provider"], o["model"]): o for o in overrides}
+        edit = {"provider": self.get_argument("provider", ""), "model": self.get_argument("model", "")}
+        show = self.get_argument("show", "") or edit["provider"]
+        if show not in self.services.providers:
+            show = ""
+        fallbacks = [{"provider": p, "price": price_fields(book.fallbacks[p])} for p in sorted(book.fallbacks)]
+        self.render_page(
+            "pricing.html",
+            rows=price_rows(book, self.services.providers, by_key, show),
+            fallbacks=fallbacks,
+            fields=PRICE_FIELDS,
+            providers=sorted(self.services.providers),
+            edit=edit,
+            show=show,
+            current=editing_values(book, by_key, edit),
+        )
+
+    async def post(self):
+        provider = self.get_body_argument("provider", "")
+        model = self.get_body_argument("model", "").strip()
+        values = {f: self.get_body_argument(f, "").strip() for f in PRICE_FIELDS}
+        if provider not in self.services.providers:
+            return self.back("/admin/pricing", f"Unknown provider '{provider}'.", "error")
+        result = await self.run_admin(admin.set_price_override, provider, model, values)
+        if result is not None:
+            self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+            self.flash(f"Price for {provider} / {model} saved.")
+        self.redirect("/admin/pricing?" + urllib.parse.urlencode({"show": provider}))
+
+
+class PricingDeletePage(AdminPage):
+    async def post(self):
+        provider = self.get_body_argument("provider", "")
+        model = self.get_body_argument("model", "")
+        await self.services.db.run(admin.delete_price_override, provider, model)
+        self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+        url = "/admin/pricing?" + urllib.parse.urlencode({"show": provider})
+        self.back(url, f"Override for {provider} / {model} removed.")
