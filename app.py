@@ -23,7 +23,7 @@ from kylon.auth import AccountCache
 from kylon.billing import PriceBook
 from kylon.credits import Balances
 from kylon.db import DatabaseWorker, repeat
-from kylon.handlers import NotFoundHandler, default_handlers
+from kylon.handlers import NotFoundHandler, admin_pages, default_handlers
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Gate, Setting, open_database
 from kylon.providers import load_providers
@@ -76,6 +76,7 @@ def make_app(services, cookie_secret):
         kylon=services,
         log_function=services.access_log,
         template_path=os.path.join(HERE, "templates"),
+        jinja_env=admin_pages.template_environment(os.path.join(HERE, "templates")),
         static_path=os.path.join(HERE, "static"),
         cookie_secret=cookie_secret,
         xsrf_cookies=True,

@@ -10,7 +10,6 @@ how long a revocation or a skill change made by another process takes here.
 """
 
 import datetime
-import hashlib
 import secrets
 import time
 from collections import defaultdict
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from .db import repeat
+from .digest import sha256_hex
 from .models import Agent, AgentSkill, ApiKey, CreditHold, Gate, utcnow
 
 
@@ -32,8 +32,8 @@ def generate_key():
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+# Keys, and what Kylon issues on a key's behalf (upload session tokens), are kept as their SHA-256.
+hash_key = sha256_hex
 
 
 def key_display_prefix(key: str) -> str:

@@ -9,7 +9,6 @@ import json
 from decimal import Decimal
 
 from .. import admin
-from ..billing import load_price_overrides
 from ..admin import AdminError
 from ..digest import matches_hash, sha256_hex
 from ..errors import error_body
@@ -166,14 +165,14 @@ class PricesHandler(AdminAPIHandler):
             body = self.json_body()
             result = await self.call(admin.set_price_override, body.get("provider"), body.get("model"), body)
             if result is not None:
-                self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+                await self.services.pricebook.reload(self.services.db)
 
         await self.run(work)
 
     async def delete(self):
         provider, model = self.get_argument("provider", ""), self.get_argument("model", "")
         await self.services.db.run(admin.delete_price_override, provider, model)
-        self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+        await self.services.pricebook.reload(self.services.db)
         self.set_status(204)
         self.finish()
 

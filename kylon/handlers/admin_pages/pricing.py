@@ -3,7 +3,7 @@
 import urllib.parse
 
 from ... import admin
-from ...billing import PRICE_FIELDS, load_price_overrides
+from ...billing import PRICE_FIELDS
 from .base import AdminPage
 
 
@@ -73,7 +73,7 @@ class PricingPage(AdminPage):
             return self.back("/admin/pricing", f"Unknown provider '{provider}'.", "error")
         result = await self.run_admin(admin.set_price_override, provider, model, values)
         if result is not None:
-            self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+            await self.services.pricebook.reload(self.services.db)
             self.flash(f"Price for {provider} / {model} saved.")
         self.redirect("/admin/pricing?" + urllib.parse.urlencode({"show": provider}))
 
@@ -83,6 +83,6 @@ class PricingDeletePage(AdminPage):
         provider = self.get_body_argument("provider", "")
         model = self.get_body_argument("model", "")
         await self.services.db.run(admin.delete_price_override, provider, model)
-        self.services.pricebook.overrides = await self.services.db.run(load_price_overrides)
+        await self.services.pricebook.reload(self.services.db)
         url = "/admin/pricing?" + urllib.parse.urlencode({"show": provider})
         self.back(url, f"Override for {provider} / {model} removed.")

@@ -11,10 +11,11 @@ import tornado.web
 
 from ... import admin
 from ...admin import AdminError
+from ...models import UsageStatus
 from .base import AdminPage
 
 USAGE_PAGE_SIZE = 50
-USAGE_STATUSES = ("completed", "upstream_error", "disconnected", "rejected", "error", "interrupted")
+USAGE_STATUSES = tuple(status.value for status in UsageStatus)
 USAGE_FILTERS = ("agent_id", "provider", "model", "status", "since", "until")
 CSV_BATCH = 1000
 

@@ -14,7 +14,7 @@ import datetime
 import logging
 import secrets
 
-from ...auth import hash_key
+from ...digest import sha256_hex
 from ...handlers.proxy import ProxyHandler
 from ...models import UploadSession, utcnow
 
@@ -70,8 +70,8 @@ class GeminiHandler(ProxyHandler):
         provider = self.provider
         expires_at = utcnow() + datetime.timedelta(seconds=provider.upload_session_seconds)
         # Only keyed calls start sessions (a chunk never does).
-        key_hash = hash_key(provider.client_key(self.request))
-        write = self.services.db.run(_save_session, hash_key(token), provider.name, key_hash, upstream_url, expires_at)
+        key_hash = sha256_hex(provider.client_key(self.request))
+        write = self.services.db.run(_save_session, sha256_hex(token), provider.name, key_hash, upstream_url, expires_at)
         url = f"{self.kylon_base()}/proxy/{provider.name}{path}?upload_id={token}&upload_protocol=resumable"
         return url, expires_at, write
 
@@ -101,7 +101,7 @@ class GeminiUploadHandler(GeminiHandler):
         self.session_token = values[0].decode("utf-8", "replace")
         session = None
         if self.session_token.startswith(SESSION_TOKEN_PREFIX):
-            digest = hash_key(self.session_token)
+            digest = sha256_hex(self.session_token)
             session = await self.services.db.run(_find_session, digest, self.provider.name)
             if session is None:
                 await asyncio.sleep(SESSION_RETRY_SECONDS)
@@ -116,7 +116,7 @@ class GeminiUploadHandler(GeminiHandler):
     def shape_response_headers(self, status, headers):
         if self.session is not None:
             if (headers.get("X-Goog-Upload-Status") or "").lower() == "final":
-                self.services.db.run(_end_session, hash_key(self.session_token)).add_done_callback(_log_failure)
+                self.services.db.run(_end_session, sha256_hex(self.session_token)).add_done_callback(_log_failure)
         elif status < 300 and headers.get("X-Goog-Upload-URL") and not self.client_gone:
             self.hand_out_session(headers)
 
