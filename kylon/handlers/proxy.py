@@ -129,7 +129,7 @@ class ProxyHandler(BaseHandler):
         if provider is None:
             return self.send_kylon_error(404, f"Unknown provider '{name}'.")
         self.provider = provider
-        self.error_style = provider.error_style
+        self.error_body = provider.error_body
         route, allowed = provider.match(path, self.request.method)
         try:
             key_entry, agent = await self.authenticate()

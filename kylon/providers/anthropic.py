@@ -18,6 +18,27 @@ from decimal import Decimal
 from ..billing import Price, Usage
 from .base import Provider, Route, error_message, integer, json_or_none
 
+# The error type Anthropic's SDK maps to each exception class.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(status, message, code=None):
+    """Kylon's own errors as Anthropic shapes them (also for Claude on Vertex)."""
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
+
 
 def usage_from_fields(fields):
     """Usage from an Anthropic `usage` object."""
@@ -113,7 +134,6 @@ MESSAGE_ROUTES = [
 
 class Anthropic(Provider):
     name = "anthropic"
-    error_style = "anthropic"
     api_key_env = "ANTHROPIC_API_KEY"
     base_url_env = "KYLON_ANTHROPIC_BASE_URL"
     default_base_url = "https://api.anthropic.com"
@@ -126,6 +146,9 @@ class Anthropic(Provider):
 
     def auth_headers(self):
         return {"x-api-key": self.api_key}
+
+    def error_body(self, status, message, code=None):
+        return anthropic_error_body(status, message, code)
 
 
 provider = Anthropic()

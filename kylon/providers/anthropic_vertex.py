@@ -113,7 +113,6 @@ class AccessTokens:
 
 class AnthropicVertex(Provider):
     name = "anthropic-vertex"
-    error_style = "anthropic"
     base_url_env = "KYLON_VERTEX_BASE_URL"
     client_key_headers = ("x-api-key", "authorization")
     # Vertex takes the version in the body; the SDK sends no such header there.
@@ -186,6 +185,9 @@ class AnthropicVertex(Provider):
     def auth_headers(self):
         # Called right after ready(), which made sure the token is usable.
         return {"Authorization": f"Bearer {self.static_token or self.tokens.token}"}
+
+    def error_body(self, status, message, code=None):
+        return anthropic.anthropic_error_body(status, message, code)
 
 
 provider = AnthropicVertex()

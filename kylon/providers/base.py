@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..billing import Price, Usage
+from ..errors import openai_error_body
 
 
 @dataclass
@@ -81,8 +82,6 @@ class Exchange:
 
 class Provider:
     name = ""
-    # Shape of the errors Kylon itself returns on this provider's routes.
-    error_style = "openai"
     api_key_env = ""
     base_url_env = ""
     default_base_url = ""
@@ -184,6 +183,11 @@ class Provider:
         return Usage(input_tokens=exchange.request_bytes // 4, output_tokens=output, units=Decimal(1))
 
     # -- response -------------------------------------------------------------
+    def error_body(self, status, message, code=None):
+        """The body of an error Kylon itself returns on this provider's routes,
+        in the shape the provider's SDK parses (OpenAI's unless overridden)."""
+        return openai_error_body(status, message, code)
+
     def usage_from_headers(self, exchange, headers):
         return None
 

@@ -18,7 +18,6 @@ from .openai import chat_completions_route
 
 class Cerebras(Provider):
     name = "cerebras"
-    error_style = "openai"
     api_key_env = "CEREBRAS_API_KEY"
     base_url_env = "KYLON_CEREBRAS_BASE_URL"
     default_base_url = "https://api.cerebras.ai"

@@ -12,6 +12,7 @@ user) cost nothing. Audio is relayed as opaque bytes as it arrives.
 from decimal import Decimal
 
 from ..billing import Price, Usage
+from ..errors import error_code
 from .base import Provider, Route
 
 # What ElevenLabs uses when the request names no model.
@@ -32,7 +33,6 @@ def characters(count, estimated=False):
 
 class ElevenLabs(Provider):
     name = "elevenlabs"
-    error_style = "elevenlabs"
     api_key_env = "ELEVENLABS_API_KEY"
     base_url_env = "KYLON_ELEVENLABS_BASE_URL"
     default_base_url = "https://api.elevenlabs.io"
@@ -67,6 +67,10 @@ class ElevenLabs(Provider):
 
     def auth_headers(self):
         return {"xi-api-key": self.api_key}
+
+    def error_body(self, status, message, code=None):
+        # ElevenLabs' own shape: {"detail": {"status": code, "message": …}}.
+        return {"detail": {"status": code or error_code(status), "message": message}}
 
     def usage_from_headers(self, exchange, headers):
         # Final as soon as the headers are in: a stream cut later was still

@@ -23,6 +23,22 @@ _VERSION = r"/v1(?:beta|alpha)?"
 # `models/{model}:{method}` anywhere in a path (tunedModels are another kind).
 MODEL_CALL = re.compile(r"/models/([^/:]+):([A-Za-z]+)\Z")
 
+# Google's canonical status names, which google-genai maps to its errors.
+GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "FAILED_PRECONDITION",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
 
 def gemini_usage(body):
     """Usage of a GenerateContentResponse (or a stream chunk)."""
@@ -64,7 +80,6 @@ def strip_key_param(query):
 
 class Gemini(Provider):
     name = "gemini"
-    error_style = "gemini"
     api_key_env = "GEMINI_API_KEY"
     base_url_env = "KYLON_GEMINI_BASE_URL"
     default_base_url = "https://generativelanguage.googleapis.com"
@@ -139,6 +154,9 @@ class Gemini(Provider):
 
     def auth_headers(self):
         return {"x-goog-api-key": self.api_key}
+
+    def error_body(self, status, message, code=None):
+        return {"error": {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}}
 
     def upstream_url(self, exchange):
         # A resumable upload's byte chunks go to the session URL upstream gave.

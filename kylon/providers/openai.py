@@ -277,7 +277,6 @@ IMAGE_PRICES = {
 
 class OpenAI(Provider):
     name = "openai"
-    error_style = "openai"
     api_key_env = "OPENAI_API_KEY"
     base_url_env = "KYLON_OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com"

@@ -76,7 +76,6 @@ def openrouter_event(exchange, event):
 
 class OpenRouter(Provider):
     name = "openrouter"
-    error_style = "openai"
     api_key_env = "OPENROUTER_API_KEY"
     base_url_env = "KYLON_OPENROUTER_BASE_URL"
     default_base_url = "https://openrouter.ai"
