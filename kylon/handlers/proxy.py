@@ -58,25 +58,6 @@ OUT_OF_CREDITS = (
 # are always read whole.
 STREAM_BODY_AFTER = 256 * 1024
 
-# Where providers put their own id of a request (OpenAI, Anthropic, OpenRouter, Google).
-UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-generation-id", "x-goog-request-id")
-
-
-# Fields Kylon itself reads from a JSON body, and the type each must have.
-CHECKED_FIELDS = {"model": str, "stream": bool, "max_tokens": int, "max_completion_tokens": int,
-                  "max_output_tokens": int}
-TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer"}
-
-
-def wrong_types(body):
-    """A clear message when a field Kylon reads has the wrong type (else None)."""
-    for name, wanted in CHECKED_FIELDS.items():
-        value = body.get(name)
-        if value is not None and (type(value) is not wanted):
-            return f"'{name}' must be {TYPE_NAMES[wanted]}."
-    return None
-
-
 def without_kylon_keys(query):
     """The query string less any parameter carrying a Kylon key (`?key=pak_…`,
     or one under any other name): a Kylon key never goes upstream."""
@@ -285,7 +266,7 @@ class ProxyHandler(BaseHandler):
             if not isinstance(request_json, dict):
                 return self.reject(400, "The request body must be a JSON object.")
             exchange.request_json = request_json
-            problem = wrong_types(request_json)
+            problem = provider.body_problem(request_json)
             if problem:
                 return self.reject(400, problem)
             exchange.model = request_json.get("model") or ""
@@ -511,7 +492,7 @@ class ProxyHandler(BaseHandler):
         headers = self.exchange.response_headers if self.exchange is not None else None
         if headers is None:
             return ""
-        for name in UPSTREAM_ID_HEADERS:
+        for name in self.provider.upstream_id_headers:
             if name in headers:
                 return headers[name][:100]
         return ""

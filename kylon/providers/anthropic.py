@@ -140,6 +140,7 @@ class Anthropic(Provider):
     # The current SDK sends its key as a Bearer token; older ones as x-api-key.
     client_key_headers = ("x-api-key", "authorization")
     default_request_headers = {"anthropic-version": "2023-06-01"}
+    upstream_id_headers = ("request-id",)
     routes = MESSAGE_ROUTES
     prices = CLAUDE_PRICES
     fallback_price = CLAUDE_FALLBACK_PRICE

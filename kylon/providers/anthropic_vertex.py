@@ -117,6 +117,8 @@ class AnthropicVertex(Provider):
     client_key_headers = ("x-api-key", "authorization")
     # Vertex takes the version in the body; the SDK sends no such header there.
     drop_request_headers = ("anthropic-version",)
+    # Anthropic's id when Vertex passes it on, else Google's.
+    upstream_id_headers = ("request-id", "x-goog-request-id")
     routes = [
         Route(route.path, route.name, read_usage=route.read_usage, on_event=route.on_event, rewrite=vertex_body)
         for route in anthropic.MESSAGE_ROUTES

@@ -17,6 +17,10 @@ from ..billing import Price, Usage
 from ..errors import openai_error_body
 
 
+# How body_problem names the types of checked_fields.
+TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer"}
+
+
 @dataclass
 class Route:
     """One upstream API call a provider offers.
@@ -103,6 +107,12 @@ class Provider:
     fallback_price = Price()
     # Gates shipped with the provider: route prefix ("" for all) -> skill.
     default_gates: dict = {}
+    # Fields Kylon itself reads from a JSON request body, and the type each
+    # must have (a wrong type is refused with 400 before anything goes upstream).
+    checked_fields = {"model": str, "stream": bool, "max_tokens": int}
+    # Response headers holding the upstream's own id of the call, in order of
+    # preference: kept in the usage record (upstream_request_id).
+    upstream_id_headers = ("x-request-id",)
 
     def __init__(self):
         self.api_key = None
@@ -158,6 +168,14 @@ class Provider:
         """Called before each upstream call; may await (Vertex refreshes its
         access token off the IOLoop here). Returns None, or (status, message)
         to refuse the call."""
+        return None
+
+    def body_problem(self, body):
+        """A clear message when a field of `checked_fields` has the wrong type, else None."""
+        for name, wanted in self.checked_fields.items():
+            value = body.get(name)
+            if value is not None and type(value) is not wanted:
+                return f"'{name}' must be {TYPE_NAMES[wanted]}."
         return None
 
     def prepare_request(self, exchange, body):

@@ -12,11 +12,11 @@ not a model call.
 """
 
 from ..billing import Price, Usage
-from .base import Provider, Route
-from .openai import chat_completions_route
+from .base import Route
+from .openai import OpenAICompatible, chat_completions_route
 
 
-class Cerebras(Provider):
+class Cerebras(OpenAICompatible):
     name = "cerebras"
     api_key_env = "CEREBRAS_API_KEY"
     base_url_env = "KYLON_CEREBRAS_BASE_URL"

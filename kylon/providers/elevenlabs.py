@@ -40,6 +40,7 @@ class ElevenLabs(Provider):
     client_key_headers = ("xi-api-key", "authorization", "x-api-key")
     passthrough = True
     default_gates = {"": "elevenlabs"}
+    upstream_id_headers = ("request-id",)
 
     routes = [
         # Binary audio/mpeg, or JSON with /with-timestamps.

@@ -86,6 +86,7 @@ class Gemini(Provider):
     # The SDK's header first; Bearer and x-api-key as on every route.
     client_key_headers = ("x-goog-api-key", "authorization", "x-api-key")
     passthrough = True
+    upstream_id_headers = ("x-goog-request-id",)
 
     routes = [
         Route(_VERSION + r"/models/[^/:]+:generateContent", "generateContent", read_usage=gemini_usage),

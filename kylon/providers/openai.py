@@ -275,7 +275,13 @@ IMAGE_PRICES = {
 }
 
 
-class OpenAI(Provider):
+class OpenAICompatible(Provider):
+    """What OpenAI's API and the APIs shaped like it (Cerebras, OpenRouter) share."""
+
+    checked_fields = {**Provider.checked_fields, "max_completion_tokens": int, "max_output_tokens": int}
+
+
+class OpenAI(OpenAICompatible):
     name = "openai"
     api_key_env = "OPENAI_API_KEY"
     base_url_env = "KYLON_OPENAI_BASE_URL"
