@@ -33,6 +33,15 @@ class Route:
         streamed answer; it records usage on the Exchange and says whether the
         event goes on to the client.
     rewrite: (Exchange, request JSON) -> True when it changed the request.
+
+    What only this route does, called by the Provider's method of the same
+    name (each optional):
+    prepare: (Exchange, body bytes) -> the body sent upstream (a raw body's
+        fields are read here; for a streamed upload, its first part only).
+    hold: Exchange -> the Usage held against the balance while the call runs.
+    usage_from_headers: (Exchange, response headers) -> Usage or None.
+    free: the call costs nothing: its usage is final at zero before it goes
+        upstream, whatever becomes of the transfer, and it holds nothing.
     """
 
     path: str
@@ -42,6 +51,10 @@ class Route:
     read_usage: Callable | None = None
     on_event: Callable | None = None
     rewrite: Callable | None = None
+    prepare: Callable | None = None
+    hold: Callable | None = None
+    usage_from_headers: Callable | None = None
+    free: bool = False
     # Default credits held for a call of this route (for routes with no max tokens).
     filters_stream: bool = False
 
@@ -82,6 +95,10 @@ class Exchange:
     output_events: int = 0
     response_headers: object = None
     extra: dict = field(default_factory=dict)
+
+    def make_free(self):
+        """Nothing to bill: usage final at zero, whatever becomes of the transfer."""
+        self.usage, self.usage_final = Usage(), True
 
 
 class Provider:
@@ -179,15 +196,27 @@ class Provider:
         return None
 
     def prepare_request(self, exchange, body):
-        """Final say on the upstream body (bytes) once the JSON rewrite ran."""
-        return body
+        """Final say on the upstream body (bytes) once the JSON rewrite ran:
+        the route's `prepare`; a free route's usage is settled here."""
+        route = exchange.route
+        if route is None:
+            return body
+        if route.free:
+            exchange.make_free()
+        return route.prepare(exchange, body) if route.prepare is not None else body
 
     # Output tokens held for a call that names no maximum.
     default_hold_output_tokens = 4096
 
     def hold_usage(self, exchange):
         """The most a call is likely to consume, held against the balance while it
-        runs: its input (about 4 bytes a token) and its maximum output."""
+        runs: the route's `hold`, else its input (about 4 bytes a token) and its
+        maximum output. A call already final at zero (a free one: an upload
+        chunk of megabytes, countTokens) holds nothing from the agent's others."""
+        if exchange.usage_final:
+            return Usage()
+        if exchange.route is not None and exchange.route.hold is not None:
+            return exchange.route.hold(exchange)
         body = exchange.request_json or {}
         limit = None
         for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
@@ -207,6 +236,10 @@ class Provider:
         return openai_error_body(status, message, code)
 
     def usage_from_headers(self, exchange, headers):
+        """Usage known from the response headers alone (the route's hook), or None."""
+        route = exchange.route
+        if route is not None and route.usage_from_headers is not None:
+            return route.usage_from_headers(exchange, headers)
         return None
 
 

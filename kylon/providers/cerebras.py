@@ -11,7 +11,7 @@ Kylon's own connection to Cerebras too) and records it at zero credits: it is
 not a model call.
 """
 
-from ..billing import Price, Usage
+from ..billing import Price
 from .base import Route
 from .openai import OpenAICompatible, chat_completions_route
 
@@ -24,7 +24,8 @@ class Cerebras(OpenAICompatible):
 
     routes = [
         chat_completions_route(),
-        Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw"),
+        # A warm-up is free, and says so (not an estimate of a model call).
+        Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw", free=True),
     ]
 
     # Credits per million tokens (1 credit = 1 USD), Cerebras' pay-as-you-go prices.
@@ -42,12 +43,6 @@ class Cerebras(OpenAICompatible):
     }
     # Unknown models are charged like the dearest listed model, and flagged.
     fallback_price = Price.of(input="2.25", output="2.90")
-
-    def usage_from_headers(self, exchange, headers):
-        # A warm-up is free, and says so (not an estimate of a model call).
-        if exchange.route is not None and exchange.route.name == "tcp_warming":
-            return Usage()
-        return None
 
 
 provider = Cerebras()

@@ -20,10 +20,17 @@ DEFAULT_MODEL = "eleven_multilingual_v2"
 
 
 def read_tts_request(exchange, body):
-    """ElevenLabs names the model `model_id`; the request itself is left as is."""
+    """ElevenLabs names the model `model_id`; the request itself is left as is.
+    Whether it streams is the path's business, not a body field."""
     model = body.get("model_id")
     exchange.model = model if isinstance(model, str) and model else DEFAULT_MODEL
-    exchange.stream = exchange.route.name == "text_to_speech.stream"
+    exchange.stream = False
+    return False
+
+
+def read_tts_stream_request(exchange, body):
+    read_tts_request(exchange, body)
+    exchange.stream = True
     return False
 
 
@@ -46,7 +53,8 @@ class ElevenLabs(Provider):
         # Binary audio/mpeg, or JSON with /with-timestamps.
         Route(r"/v1/text-to-speech/[^/]+(/with-timestamps)?", "text_to_speech", rewrite=read_tts_request),
         # Chunked audio (not SSE), or NDJSON with /with-timestamps.
-        Route(r"/v1/text-to-speech/[^/]+/stream(/with-timestamps)?", "text_to_speech.stream", rewrite=read_tts_request),
+        Route(r"/v1/text-to-speech/[^/]+/stream(/with-timestamps)?", "text_to_speech.stream",
+              rewrite=read_tts_stream_request),
     ]
 
     # Credits per character (1 credit = 1 USD): ElevenLabs' Creator-plan rate of

@@ -96,15 +96,14 @@ class Gemini(Provider):
             read_usage=gemini_usage,
             on_event=stream_event,
         ),
-        Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens"),
+        Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens", free=True),
         # Resumable file uploads: the start (JSON metadata) and the byte chunks.
-        Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw"),
+        Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw", free=True),
         # Kylon's own helpers (kylon/handlers/gemini_helpers.py).
         Route(r"/files/upload-urls", "files.upload-urls"),
         Route(r"/file-understanding", "file-understanding", read_usage=gemini_usage),
         Route(r"/video-audio-understanding", "video-audio-understanding", read_usage=gemini_usage),
     ]
-    free_routes = frozenset({"countTokens", "files.upload"})
 
     # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
     # prices for prompts up to 200k tokens (text/image/video input; audio input
@@ -163,27 +162,17 @@ class Gemini(Provider):
         # A resumable upload's byte chunks go to the session URL upstream gave.
         return exchange.extra.get("upstream_url") or super().upstream_url(exchange)
 
-    def hold_usage(self, exchange):
-        # A free call (ready() made it final at zero: an upload chunk of
-        # megabytes, countTokens) holds nothing from the agent's other calls.
-        if exchange.usage_final:
-            return Usage()
-        return super().hold_usage(exchange)
-
     async def ready(self, exchange):
-        # The URL says what the call is: its model, whether it streams, and
-        # whether it is free (then final at zero, whatever becomes of the transfer).
+        # The URL says what the call is: its model, and whether it streams.
         found = MODEL_CALL.search(exchange.path)
         if found:
             exchange.model = unquote(found.group(1))
             exchange.stream = found.group(2) == "streamGenerateContent"
-        route = exchange.route
-        free = route.name in self.free_routes if route is not None else not found and not exchange.request_bytes
-        if free:
-            # countTokens, uploads, and pass-through calls that name no model and
-            # send no body (files get/list/delete, models list): nothing to bill.
-            exchange.usage = Usage()
-            exchange.usage_final = True
+        if exchange.route is None and not found and not exchange.request_bytes:
+            # A pass-through call that names no model and sends no body (files
+            # get/list/delete, models list): nothing to bill. (Free routes:
+            # countTokens, uploads, see `free` above.)
+            exchange.make_free()
         return None
 
 

@@ -255,6 +255,16 @@ def read_edit_request(exchange, body):
         describe_image_call(exchange, json_or_none(body) or {})
     else:
         describe_image_call(exchange, *multipart_fields(body, _IMAGE_FIELDS))
+    return body
+
+
+def image_hold(exchange):
+    """Per image, the dearest answer (a large high-quality GPT image is 6,240
+    output tokens; DALL-E, one image). Uploaded image bytes are not text
+    tokens: a large edit must not hold as if it were a long prompt."""
+    n = (exchange.request_json or {}).get("n")
+    n = n if isinstance(n, int) and 0 < n <= 10 else 1
+    return Usage(output_tokens=HOLD_IMAGE_OUTPUT_TOKENS * n, units=Decimal(n))
 
 
 # Per image for DALL-E (by price tier, see above); per million tokens for GPT
@@ -298,9 +308,18 @@ class OpenAI(OpenAICompatible):
             read_usage=image_usage,
             on_event=image_event,
             rewrite=read_generation_request,
+            hold=image_hold,
         ),
-        # JSON or multipart: opaque bytes, read by prepare_request below.
-        Route(r"/v1/images/edits", "images.edits", body="raw", read_usage=image_usage, on_event=image_event),
+        # JSON or multipart: opaque bytes, read by read_edit_request.
+        Route(
+            r"/v1/images/edits",
+            "images.edits",
+            body="raw",
+            read_usage=image_usage,
+            on_event=image_event,
+            prepare=read_edit_request,
+            hold=image_hold,
+        ),
     ]
 
     # Credits per million tokens (1 credit = 1 USD), OpenAI's list prices.
@@ -325,21 +344,6 @@ class OpenAI(OpenAICompatible):
     # Unknown models are charged like the dearest common model, and flagged
     # (units: an unknown GPT image model's image input tokens, at gpt-image-1's price).
     fallback_price = Price.of(input="5.00", output="20.00", per_unit="0.00001")
-
-    def prepare_request(self, exchange, body):
-        if exchange.route is not None and exchange.route.name == "images.edits":
-            read_edit_request(exchange, body)
-        return body
-
-    def hold_usage(self, exchange):
-        if exchange.route is None or not exchange.route.name.startswith("images."):
-            return super().hold_usage(exchange)
-        # Per image, the dearest answer (a large high-quality GPT image is 6,240
-        # output tokens; DALL-E, one image). Uploaded image bytes are not text
-        # tokens: a large edit must not hold as if it were a long prompt.
-        n = (exchange.request_json or {}).get("n")
-        n = n if isinstance(n, int) and 0 < n <= 10 else 1
-        return Usage(output_tokens=HOLD_IMAGE_OUTPUT_TOKENS * n, units=Decimal(n))
 
 
 provider = OpenAI()
