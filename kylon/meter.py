@@ -38,7 +38,8 @@ class ResponseMeter:
             return
         if "text/event-stream" in content_type and route.on_event is not None:
             self.scanner = SSEScanner()
-            self.filtering = self.exchange.hide_usage_chunk or route.filters_stream
+            # Only a stream whose usage chunk the client did not ask for is filtered.
+            self.filtering = self.exchange.hide_usage_chunk
         elif "json" in content_type and route.read_usage is not None and status < 400:
             self.json_body = True
             self.body = []

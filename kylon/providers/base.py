@@ -55,8 +55,6 @@ class Route:
     hold: Callable | None = None
     usage_from_headers: Callable | None = None
     free: bool = False
-    # Default credits held for a call of this route (for routes with no max tokens).
-    filters_stream: bool = False
 
     def __post_init__(self):
         self.pattern = re.compile(self.path + r"\Z")
