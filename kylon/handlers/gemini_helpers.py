@@ -165,7 +165,7 @@ class GeminiUploadHandler(GeminiHandler):
     async def prepare(self):
         await super().prepare()
         if self.session is not None and not self._finished:
-            self.exchange.extra["upstream_url"] = self.session.upstream_url
+            self.exchange.upstream_url = self.session.upstream_url
 
     def upstream_headers_arrived(self, status, headers):
         if self.session is not None:

@@ -76,7 +76,7 @@ def message_event(exchange, event):
         fields = payload.get("usage")
         if isinstance(fields, dict):
             # Figures so far, field by field: later events supersede earlier ones.
-            seen = exchange.extra.setdefault("anthropic_usage", {})
+            seen = exchange.usage_fields
             seen.update({k: v for k, v in fields.items() if isinstance(v, int)})
             exchange.usage = usage_from_fields(seen)
             if name == b"message_delta":

@@ -92,7 +92,12 @@ class Exchange:
     # when a stream ends before the provider reports usage.
     output_events: int = 0
     response_headers: object = None
-    extra: dict = field(default_factory=dict)
+    # The usage fields a stream reported so far, field by field (Anthropic's
+    # message_start, then message_delta superseding what it repeats).
+    usage_fields: dict = field(default_factory=dict)
+    # Where the call goes instead of base URL + path, query and all (a Gemini
+    # resumable upload's byte chunks go to the session URL upstream gave).
+    upstream_url: str = ""
 
     def make_free(self):
         """Nothing to bill: usage final at zero, whatever becomes of the transfer."""
@@ -167,6 +172,8 @@ class Provider:
         return None
 
     def upstream_url(self, exchange):
+        if exchange.upstream_url:
+            return exchange.upstream_url
         url = self.base_url + self.upstream_prefix + exchange.path
         if exchange.query:
             url += "?" + exchange.query

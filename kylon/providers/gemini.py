@@ -158,10 +158,6 @@ class Gemini(Provider):
     def error_body(self, status, message, code=None):
         return {"error": {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}}
 
-    def upstream_url(self, exchange):
-        # A resumable upload's byte chunks go to the session URL upstream gave.
-        return exchange.extra.get("upstream_url") or super().upstream_url(exchange)
-
     async def ready(self, exchange):
         # The URL says what the call is: its model, and whether it streams.
         found = MODEL_CALL.search(exchange.path)
