@@ -222,17 +222,19 @@ class Provider:
             return Usage()
         if exchange.route is not None and exchange.route.hold is not None:
             return exchange.route.hold(exchange)
-        body = exchange.request_json or {}
-        limit = None
-        for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
-            if isinstance(body.get(name), int):
-                limit = body[name]
-                break
-        config = body.get("generationConfig")
-        if limit is None and isinstance(config, dict) and isinstance(config.get("maxOutputTokens"), int):
-            limit = config["maxOutputTokens"]
+        limit = self.output_limit(exchange.request_json or {})
         output = self.default_hold_output_tokens if limit is None else max(limit, 0)
         return Usage(input_tokens=exchange.request_bytes // 4, output_tokens=output, units=Decimal(1))
+
+    # The request fields that cap a call's output tokens, the first set one wins.
+    output_limit_fields = ("max_tokens",)
+
+    def output_limit(self, body):
+        """The most output tokens a JSON request body allows, or None."""
+        for name in self.output_limit_fields:
+            if isinstance(body.get(name), int):
+                return body[name]
+        return None
 
     # -- response -------------------------------------------------------------
     def error_body(self, status, message, code=None):

@@ -158,6 +158,11 @@ class Gemini(Provider):
     def error_body(self, status, message, code=None):
         return {"error": {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}}
 
+    def output_limit(self, body):
+        config = body.get("generationConfig")
+        limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
+        return limit if isinstance(limit, int) else None
+
     async def ready(self, exchange):
         # The URL says what the call is: its model, and whether it streams.
         found = MODEL_CALL.search(exchange.path)

@@ -289,6 +289,8 @@ class OpenAICompatible(Provider):
     """What OpenAI's API and the APIs shaped like it (Cerebras, OpenRouter) share."""
 
     checked_fields = {**Provider.checked_fields, "max_completion_tokens": int, "max_output_tokens": int}
+    # Chat's current field, the Responses API's, then chat's older one.
+    output_limit_fields = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 
 
 class OpenAI(OpenAICompatible):
