@@ -1,6 +1,6 @@
 """Watches an upstream answer go by: reads its usage, and decides which bytes
 go on to the client. Shared by every provider; the provider's route supplies
-`read_usage` (a JSON body) and `on_event` (one SSE event).
+`read_usage` (a whole JSON answer) and `on_event` (one SSE event).
 
 SSE answers are scanned event by event as they arrive (only the unfinished tail
 is kept); JSON answers are kept until they end, up to a cap, to read their
@@ -76,11 +76,8 @@ class ResponseMeter:
                 parsed = json.loads(b"".join(self.body))
             except (ValueError, UnicodeDecodeError):
                 parsed = None
-            if isinstance(parsed, list) and parsed:
-                # A JSON array of answers (Gemini streaming without alt=sse):
-                # the last one carries the usage.
-                parsed = parsed[-1]
-            if isinstance(parsed, dict):
+            if parsed is not None:
+                # Any JSON value: the route's reader knows its provider's shapes.
                 usage = self.route.read_usage(parsed)
                 if usage is not None:
                     exchange.usage = usage

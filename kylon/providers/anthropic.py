@@ -16,7 +16,7 @@ The functions here also serve Claude on Vertex AI (anthropic_vertex.py).
 from decimal import Decimal
 
 from ..billing import Price, Usage
-from .base import Provider, Route, error_message, integer, json_or_none
+from .base import Provider, Route, error_message, integer, json_or_none, member
 
 # The error type Anthropic's SDK maps to each exception class.
 ERROR_TYPES = {
@@ -54,7 +54,7 @@ def usage_from_fields(fields):
 
 def message_usage(body):
     """Usage of a non-streamed Message."""
-    fields = body.get("usage")
+    fields = member(body, "usage")
     return usage_from_fields(fields) if isinstance(fields, dict) else None
 
 

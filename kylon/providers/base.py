@@ -28,7 +28,9 @@ class Route:
     path: a regular expression matched against the path after `/proxy/<name>`.
     name: the route's label in usage records and metrics.
     body: "json" (parsed: model, stream flag, rewrites) or "raw" (opaque bytes).
-    read_usage: parsed JSON response body -> Usage (non-streaming answers).
+    read_usage: the parsed JSON answer -> Usage or None (non-streaming answers).
+        Any JSON value comes here (Gemini streams without alt=sse answer an
+        array), so it reads with `member`, which yields None on a non-object.
     on_event: (Exchange, sse.Event) -> bool, called for every SSE event of a
         streamed answer; it records usage on the Exchange and says whether the
         event goes on to the client.
@@ -256,6 +258,11 @@ def json_or_none(data):
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def member(value, key):
+    """value[key] when value is a JSON object, else None."""
+    return value.get(key) if isinstance(value, dict) else None
 
 
 def integer(mapping, *path):

@@ -17,7 +17,7 @@ import re
 from urllib.parse import unquote
 
 from ..billing import Price, Usage
-from .base import Provider, Route, integer, json_or_none
+from .base import Provider, Route, integer, json_or_none, member
 
 _VERSION = r"/v1(?:beta|alpha)?"
 # `models/{model}:{method}` anywhere in a path (tunedModels are another kind).
@@ -41,8 +41,11 @@ GOOGLE_STATUS = {
 
 
 def gemini_usage(body):
-    """Usage of a GenerateContentResponse (or a stream chunk)."""
-    meta = body.get("usageMetadata")
+    """Usage of a GenerateContentResponse, of a stream chunk, or of a whole
+    stream read without alt=sse (a JSON array of chunks: the last one has it)."""
+    if isinstance(body, list):
+        body = body[-1] if body else None
+    meta = member(body, "usageMetadata")
     if not isinstance(meta, dict):
         return None
     thoughts = integer(meta, "thoughtsTokenCount")

@@ -13,7 +13,7 @@ import re
 from decimal import Decimal
 
 from ..billing import Price, Usage
-from .base import Provider, Route, error_message, integer, json_or_none
+from .base import Provider, Route, error_message, integer, json_or_none, member
 
 # Chat chunks carry `"usage":null` on every event once usage is requested; only
 # a chunk with a real usage object needs parsing.
@@ -22,7 +22,7 @@ _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
 
 def chat_usage(body):
     """Usage of a chat.completion (or a usage chunk)."""
-    usage = body.get("usage")
+    usage = member(body, "usage")
     if not isinstance(usage, dict):
         return None
     return Usage(
@@ -89,7 +89,7 @@ def chat_completions_route():
 
 
 def responses_usage(body):
-    usage = body.get("usage")
+    usage = member(body, "usage")
     if not isinstance(usage, dict):
         return None
     return Usage(
@@ -152,7 +152,7 @@ _IMAGE_FIELDS = ("model", "stream", "size", "quality", "prompt") + _GPT_IMAGE_ON
 
 def image_usage(body):
     """Usage of an images answer, or of a stream's completed event."""
-    usage = body.get("usage")
+    usage = member(body, "usage")
     if isinstance(usage, dict):
         image_input = integer(usage, "input_tokens_details", "image_tokens")
         return Usage(
@@ -161,7 +161,7 @@ def image_usage(body):
             unit="image_input_tokens" if image_input else "",
             units=Decimal(image_input),
         )
-    data = body.get("data")
+    data = member(body, "data")
     if isinstance(data, list) and data:
         return Usage(unit="images", units=Decimal(len(data)))
     return None
