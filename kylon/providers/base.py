@@ -17,6 +17,8 @@ from ..billing import Price, Usage
 from ..errors import openai_error_body
 
 
+# Query parameters that may carry a credential on any API: never logged.
+SECRET_QUERY_PARAMS = ("key", "api_key", "access_token", "token")
 # How body_problem names the types of checked_fields.
 TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer"}
 
@@ -132,6 +134,9 @@ class Provider:
     # Fields Kylon itself reads from a JSON request body, and the type each
     # must have (a wrong type is refused with 400 before anything goes upstream).
     checked_fields = {"model": str, "stream": bool, "max_tokens": int}
+    # Query parameters of this provider's URLs that carry a secret, besides
+    # SECRET_QUERY_PARAMS: the access log never shows their values.
+    secret_query_params = ()
     # Response headers holding the upstream's own id of the call, in order of
     # preference: kept in the usage record (upstream_request_id).
     upstream_id_headers = ("x-request-id",)

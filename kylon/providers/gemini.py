@@ -90,6 +90,8 @@ class Gemini(Provider):
     client_key_headers = ("x-goog-api-key", "authorization", "x-api-key")
     passthrough = True
     upstream_id_headers = ("x-goog-request-id",)
+    # Its key may come as ?key=, and Kylon's upload URLs carry a session token.
+    secret_query_params = ("key", "upload_id")
 
     routes = [
         Route(_VERSION + r"/models/[^/:]+:generateContent", "generateContent", read_usage=gemini_usage),
