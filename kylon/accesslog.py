@@ -21,19 +21,24 @@ import tornado.log
 # The layout of every log line (app.py's logging.basicConfig uses it too).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# Keys can arrive in a query string (Gemini's ?key=): never in a log line. Nor
-# the upload session tokens Kylon hands out (Gemini's ?upload_id=).
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:key|api_key|access_token|token|upload_id)=)[^&]*", re.IGNORECASE)
+# Query parameters whose values never reach a log line: keys can arrive in a
+# query string (Gemini's ?key=), so can the upload session tokens Kylon hands
+# out (?upload_id=). app.py passes the providers' own names
+# (kylon.providers.secret_query_params); this default is today's set of them.
+DEFAULT_SECRET_PARAMS = ("key", "api_key", "access_token", "token", "upload_id")
 
 
-def redact(uri):
-    return _SECRET_QUERY.sub(r"\1[redacted]", uri) if "?" in uri else uri
+def secret_query(names):
+    """A pattern matching `name=value` in a query string for each of `names`."""
+    alternatives = "|".join(re.escape(name) for name in names)
+    return re.compile(rf"((?:^|[?&])(?:{alternatives})=)[^&]*", re.IGNORECASE)
 
 
 class AccessLog:
-    def __init__(self, stream=None, logger=None):
+    def __init__(self, stream=None, logger=None, secret_params=DEFAULT_SECRET_PARAMS):
         self.stream = stream
         self.logger = logger or tornado.log.access_log
+        self.secret_query = secret_query(secret_params)
         self.lines = []
         self.second = None
         self.stamp = ""
@@ -57,7 +62,7 @@ class AccessLog:
             self.logger.name,
             status,
             request.method,
-            redact(request.uri),
+            self.redact(request.uri),
             request.remote_ip,
             1000.0 * request.request_time(),
             getattr(handler, "request_id", "-"),
@@ -65,6 +70,9 @@ class AccessLog:
         if not self.lines:
             asyncio.get_running_loop().call_soon(self.flush)
         self.lines.append(line)
+
+    def redact(self, uri):
+        return self.secret_query.sub(r"\1[redacted]", uri) if "?" in uri else uri
 
     def flush(self):
         if self.lines:

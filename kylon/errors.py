@@ -1,5 +1,7 @@
-"""Kylon's own error bodies, in the shape of each provider's API, so every SDK
-raises its usual exception class (SPEC §4)."""
+"""Kylon's own error bodies in OpenAI's shape: the default, for Kylon's own
+routes and for every provider that declares no other (SPEC §4). A provider
+whose SDK expects another shape overrides `Provider.error_body`, so every SDK
+raises its usual exception class."""
 
 OPENAI_TYPES = {
     400: ("invalid_request_error", "invalid_request"),
@@ -16,44 +18,12 @@ OPENAI_TYPES = {
     504: ("server_error", "upstream_timeout"),
 }
 
-ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "api_error",
-    504: "timeout_error",
-}
 
-GOOGLE_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    402: "FAILED_PRECONDITION",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    405: "INVALID_ARGUMENT",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
+def error_code(status):
+    """Kylon's machine-readable code for a status (insufficient_credits …)."""
+    return OPENAI_TYPES.get(status, ("", "error"))[1]
 
 
-def error_body(style, status, message, code=None):
-    if style == "anthropic":
-        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
-    if style == "gemini":
-        return {"error": {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}}
-    if style == "elevenlabs":
-        default = OPENAI_TYPES.get(status, ("", "error"))[1]
-        return {"detail": {"status": code or default, "message": message}}
+def openai_error_body(status, message, code=None):
     err_type, default_code = OPENAI_TYPES.get(status, ("server_error", "error"))
     return {"error": {"message": message, "type": err_type, "param": None, "code": code or default_code}}

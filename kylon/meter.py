@@ -1,6 +1,6 @@
 """Watches an upstream answer go by: reads its usage, and decides which bytes
 go on to the client. Shared by every provider; the provider's route supplies
-`read_usage` (a JSON body) and `on_event` (one SSE event).
+`read_usage` (a whole JSON answer) and `on_event` (one SSE event).
 
 SSE answers are scanned event by event as they arrive (only the unfinished tail
 is kept); JSON answers are kept until they end, up to a cap, to read their
@@ -43,7 +43,8 @@ class ResponseMeter:
             return
         if "text/event-stream" in content_type and route.on_event is not None:
             self.scanner = SSEScanner()
-            self.filtering = self.exchange.hide_usage_chunk or route.filters_stream
+            # Only a stream whose usage chunk the client did not ask for is filtered.
+            self.filtering = self.exchange.hide_usage_chunk
         elif route.answer is not None and status < 400:
             self.json_body = self.reshapes = True
             self.body = []
@@ -86,13 +87,10 @@ class ResponseMeter:
                 parsed = json.loads(b"".join(self.body))
             except (ValueError, UnicodeDecodeError):
                 parsed = None
-            if isinstance(parsed, list) and parsed:
-                # A JSON array of answers (Gemini streaming without alt=sse):
-                # the last one carries the usage.
-                parsed = parsed[-1]
             if self.reshapes:
                 self.answer_json = parsed if isinstance(parsed, dict) else None
-            if isinstance(parsed, dict) and self.route.read_usage is not None:
+            if parsed is not None and self.route.read_usage is not None:
+                # Any JSON value: the route's reader knows its provider's shapes.
                 usage = self.route.read_usage(parsed)
                 if usage is not None:
                     exchange.usage = usage

@@ -16,7 +16,18 @@ from kylon.credits import Balances
 from kylon.models import UsageStatus
 from kylon.providers import Exchange, load_providers
 
-PROVIDERS = load_providers({"OPENAI_API_KEY": "sk-test", "GEMINI_API_KEY": "g-test"})
+
+
+def fresh_providers(env):
+    """Provider objects of this test's own (the loaded ones are shared by every test)."""
+    providers = {}
+    for name, shared in load_providers({}).items():
+        providers[name] = type(shared)()
+        providers[name].configure(env)
+    return providers
+
+
+PROVIDERS = fresh_providers({"OPENAI_API_KEY": "sk-test"})
 OPENAI = PROVIDERS["openai"]
 
 

@@ -169,6 +169,8 @@ SHAPES = {
     "gemini": lambda b: b["error"]["code"] == 403 and b["error"]["status"] == "PERMISSION_DENIED",
     "elevenlabs": lambda b: b["detail"]["status"] == "missing_skill",
 }
+# The shape each provider's SDK expects (OpenAI's unless named here).
+SHAPE_OF = {"anthropic": "anthropic", "anthropic-vertex": "anthropic", "gemini": "gemini", "elevenlabs": "elevenlabs"}
 
 
 def message_of(body):
@@ -202,7 +204,7 @@ def test_the_403_comes_in_each_providers_error_shape(kylon, fakes, gates):
                           json={"model": "m", "messages": MESSAGES})
         assert r.status_code == 403, (provider.name, r.text)
         body = r.json()
-        assert SHAPES[provider.error_style](body), (provider.name, body)
+        assert SHAPES[SHAPE_OF.get(provider.name, "openai")](body), (provider.name, body)
         assert "'gate-check'" in message_of(body)
         assert r.headers["x-kylon-request-id"].startswith("req_")
     assert sum(len(f.received) for f in fakes.values()) == sent_upstream

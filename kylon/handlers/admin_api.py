@@ -11,7 +11,6 @@ from decimal import Decimal
 from .. import admin
 from ..admin import AdminError
 from ..digest import matches_hash, sha256_hex
-from ..errors import error_body
 from .base import BaseHandler
 
 # app.py hashes the configured admin token with this name.
@@ -29,7 +28,7 @@ class AdminAPIHandler(BaseHandler):
             # send_kylon_error clears headers: build the 429 here to keep Retry-After.
             self.set_header("Retry-After", str(throttle.retry_after(address)))
             message = "Too many wrong admin tokens from your address: wait and try again."
-            self.write_json(error_body(self.error_style, 429, message), 429)
+            self.write_json(self.error_body(429, message), 429)
         elif not right:
             self.send_kylon_error(401, "Admin API needs 'Authorization: Bearer <admin token>'.")
 

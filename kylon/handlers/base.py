@@ -10,7 +10,7 @@ import tornado
 import tornado.web
 from tornado import httputil
 
-from ..errors import error_body
+from ..errors import openai_error_body
 
 log = logging.getLogger("kylon.web")
 
@@ -40,9 +40,6 @@ SERVER_HEADER = "TornadoServer/%s" % tornado.version
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    # Shape of Kylon's own errors on this handler (see errors.py).
-    error_style = "openai"
-
     def clear(self):
         # As Tornado's own clear(), with the cached Date.
         self._headers = httputil.HTTPHeaders(
@@ -77,6 +74,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(value, default=str))
 
+    def error_body(self, status, message, code=None):
+        """Kylon's own error body: OpenAI's shape. The proxy sets this per call
+        to the provider's `error_body`, in the shape its SDK expects."""
+        return openai_error_body(status, message, code)
+
     def send_kylon_error(self, status, message, code=None):
         """Finish with one of Kylon's own errors, in the route's provider shape."""
         if self._finished:
@@ -86,7 +88,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         for name, value in self.error_headers().items():
             self.set_header(name, value)
-        self.finish(json.dumps(error_body(self.error_style, status, message, code)))
+        self.finish(json.dumps(self.error_body(status, message, code)))
 
     def error_headers(self):
         """Headers of Kylon's own errors on this handler, besides the usual ones."""
@@ -100,7 +102,7 @@ class BaseHandler(tornado.web.RequestHandler):
         elif status_code >= 500:
             message = "Internal error in Kylon (request id %s)" % self.request_id
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(error_body(self.error_style, status_code, message)))
+        self.finish(json.dumps(self.error_body(status_code, message)))
 
 
 class NotFoundHandler(BaseHandler):

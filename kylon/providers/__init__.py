@@ -6,7 +6,7 @@ Adding a provider means adding one module here; nothing else lists them.
 import importlib
 import pkgutil
 
-from .base import Provider, Route, Exchange
+from .base import SECRET_QUERY_PARAMS, Exchange, Provider, Route
 
 
 def load_providers(env):
@@ -20,3 +20,12 @@ def load_providers(env):
             provider.configure(env)
             providers[provider.name] = provider
     return providers
+
+
+def secret_query_params(providers):
+    """Every query parameter name whose value the access log must hide: the
+    generic ones, then each provider's own."""
+    names = list(SECRET_QUERY_PARAMS)
+    for provider in providers.values():
+        names.extend(name for name in provider.secret_query_params if name not in names)
+    return tuple(names)

@@ -16,7 +16,28 @@ The functions here also serve Claude on Vertex AI (anthropic_vertex.py).
 from decimal import Decimal
 
 from ..billing import Price, Usage
-from .base import Provider, Route, error_message, integer, json_or_none
+from .base import Provider, Route, error_message, integer, json_or_none, member
+
+# The error type Anthropic's SDK maps to each exception class.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(status, message, code=None):
+    """Kylon's own errors as Anthropic shapes them (also for Claude on Vertex)."""
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
 def usage_from_fields(fields):
@@ -33,7 +54,7 @@ def usage_from_fields(fields):
 
 def message_usage(body):
     """Usage of a non-streamed Message."""
-    fields = body.get("usage")
+    fields = member(body, "usage")
     return usage_from_fields(fields) if isinstance(fields, dict) else None
 
 
@@ -55,7 +76,7 @@ def message_event(exchange, event):
         fields = payload.get("usage")
         if isinstance(fields, dict):
             # Figures so far, field by field: later events supersede earlier ones.
-            seen = exchange.extra.setdefault("anthropic_usage", {})
+            seen = exchange.usage_fields
             seen.update({k: v for k, v in fields.items() if isinstance(v, int)})
             exchange.usage = usage_from_fields(seen)
             if name == b"message_delta":
@@ -113,19 +134,22 @@ MESSAGE_ROUTES = [
 
 class Anthropic(Provider):
     name = "anthropic"
-    error_style = "anthropic"
     api_key_env = "ANTHROPIC_API_KEY"
     base_url_env = "KYLON_ANTHROPIC_BASE_URL"
     default_base_url = "https://api.anthropic.com"
     # The current SDK sends its key as a Bearer token; older ones as x-api-key.
     client_key_headers = ("x-api-key", "authorization")
     default_request_headers = {"anthropic-version": "2023-06-01"}
+    upstream_id_headers = ("request-id",)
     routes = MESSAGE_ROUTES
     prices = CLAUDE_PRICES
     fallback_price = CLAUDE_FALLBACK_PRICE
 
     def auth_headers(self):
         return {"x-api-key": self.api_key}
+
+    def error_body(self, status, message, code=None):
+        return anthropic_error_body(status, message, code)
 
 
 provider = Anthropic()

@@ -27,6 +27,7 @@ import datetime
 import logging
 import re
 import time
+from dataclasses import dataclass
 
 from tornado.ioloop import IOLoop
 
@@ -51,13 +52,21 @@ def vertex_base_url(region):
     return f"https://{region}-aiplatform.googleapis.com"
 
 
+@dataclass
+class VertexRoute(Route):
+    # True for Messages: the model goes into the URL (so it must be a Vertex
+    # model id). Token counting keeps it in the body and calls "count-tokens".
+    model_in_url: bool = True
+
+
 def vertex_body(exchange, body):
     """The Anthropic body as Vertex wants it: the model is in the URL (except for
     token counting), the API version in the body."""
-    if exchange.route.name == "messages":
+    if exchange.route.model_in_url:
         body.pop("model", None)
     body.setdefault("anthropic_version", VERTEX_ANTHROPIC_VERSION)
     return True
+
 
 
 class AccessTokens:
@@ -113,14 +122,18 @@ class AccessTokens:
 
 class AnthropicVertex(Provider):
     name = "anthropic-vertex"
-    error_style = "anthropic"
     base_url_env = "KYLON_VERTEX_BASE_URL"
     client_key_headers = ("x-api-key", "authorization")
     # Vertex takes the version in the body; the SDK sends no such header there.
     drop_request_headers = ("anthropic-version",)
+    # Anthropic's id when Vertex passes it on, else Google's.
+    upstream_id_headers = ("request-id", "x-goog-request-id")
+    # Anthropic's routes (anthropic.MESSAGE_ROUTES), their bodies reshaped for Vertex.
     routes = [
-        Route(route.path, route.name, read_usage=route.read_usage, on_event=route.on_event, rewrite=vertex_body)
-        for route in anthropic.MESSAGE_ROUTES
+        VertexRoute(r"/v1/messages", "messages", read_usage=anthropic.message_usage,
+                    on_event=anthropic.message_event, rewrite=vertex_body),
+        VertexRoute(r"/v1/messages/count_tokens", "messages.count_tokens", read_usage=anthropic.no_usage,
+                    rewrite=vertex_body, model_in_url=False),
     ]
     prices = anthropic.CLAUDE_PRICES
     fallback_price = anthropic.CLAUDE_FALLBACK_PRICE
@@ -166,7 +179,7 @@ class AnthropicVertex(Provider):
         return ""
 
     def upstream_url(self, exchange):
-        if exchange.route.name == "messages":
+        if exchange.route.model_in_url:
             method = "streamRawPredict" if exchange.stream else "rawPredict"
             model = exchange.model
         else:
@@ -177,7 +190,7 @@ class AnthropicVertex(Provider):
         )
 
     async def ready(self, exchange):
-        if exchange.route.name == "messages" and not _MODEL_ID.match(exchange.model):
+        if exchange.route.model_in_url and not _MODEL_ID.match(exchange.model):
             return 400, "model: a Vertex AI Claude model id is required (e.g. claude-sonnet-4-5@20250929)."
         if not self.static_token and await self.tokens.current() is None:
             return 502, "Kylon could not obtain a Google access token for Vertex AI."
@@ -186,6 +199,9 @@ class AnthropicVertex(Provider):
     def auth_headers(self):
         # Called right after ready(), which made sure the token is usable.
         return {"Authorization": f"Bearer {self.static_token or self.tokens.token}"}
+
+    def error_body(self, status, message, code=None):
+        return anthropic.anthropic_error_body(status, message, code)
 
 
 provider = AnthropicVertex()

@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..billing import Price, Usage
+from ..errors import openai_error_body
+
+
+# Query parameters that may carry a credential on any API: never logged.
+SECRET_QUERY_PARAMS = ("key", "api_key", "access_token", "token")
+# How body_problem names the types of checked_fields.
+TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer"}
 
 
 @dataclass
@@ -23,7 +30,9 @@ class Route:
     path: a regular expression matched against the path after `/proxy/<name>`.
     name: the route's label in usage records and metrics.
     body: "json" (parsed: model, stream flag, rewrites) or "raw" (opaque bytes).
-    read_usage: parsed JSON response body -> Usage (non-streaming answers).
+    read_usage: the parsed JSON answer -> Usage or None (non-streaming answers).
+        Any JSON value comes here (Gemini streams without alt=sse answer an
+        array), so it reads with `member`, which yields None on a non-object.
     on_event: (Exchange, sse.Event) -> bool, called for every SSE event of a
         streamed answer; it records usage on the Exchange and says whether the
         event goes on to the client.
@@ -31,6 +40,15 @@ class Route:
         a ValueError refuses the request (400, its message).
     answer: (Exchange, upstream JSON, Usage, credits) -> the JSON the client
         gets instead of the upstream's (Kylon's own helper routes).
+
+    What only this route does, called by the Provider's method of the same
+    name (each optional):
+    prepare: (Exchange, body bytes) -> the body sent upstream (a raw body's
+        fields are read here; for a streamed upload, its first part only).
+    hold: Exchange -> the Usage held against the balance while the call runs.
+    usage_from_headers: (Exchange, response headers) -> Usage or None.
+    free: the call costs nothing: its usage is final at zero before it goes
+        upstream, whatever becomes of the transfer, and it holds nothing.
     """
 
     path: str
@@ -41,8 +59,10 @@ class Route:
     on_event: Callable | None = None
     rewrite: Callable | None = None
     answer: Callable | None = None
-    # Default credits held for a call of this route (for routes with no max tokens).
-    filters_stream: bool = False
+    prepare: Callable | None = None
+    hold: Callable | None = None
+    usage_from_headers: Callable | None = None
+    free: bool = False
 
     def __post_init__(self):
         self.pattern = re.compile(self.path + r"\Z")
@@ -80,13 +100,20 @@ class Exchange:
     # when a stream ends before the provider reports usage.
     output_events: int = 0
     response_headers: object = None
-    extra: dict = field(default_factory=dict)
+    # The usage fields a stream reported so far, field by field (Anthropic's
+    # message_start, then message_delta superseding what it repeats).
+    usage_fields: dict = field(default_factory=dict)
+    # Where the call goes instead of base URL + path, query and all (a Gemini
+    # resumable upload's byte chunks go to the session URL upstream gave).
+    upstream_url: str = ""
+
+    def make_free(self):
+        """Nothing to bill: usage final at zero, whatever becomes of the transfer."""
+        self.usage, self.usage_final = Usage(), True
 
 
 class Provider:
     name = ""
-    # Shape of the errors Kylon itself returns on this provider's routes.
-    error_style = "openai"
     api_key_env = ""
     base_url_env = ""
     default_base_url = ""
@@ -108,6 +135,15 @@ class Provider:
     fallback_price = Price()
     # Gates shipped with the provider: route prefix ("" for all) -> skill.
     default_gates: dict = {}
+    # Fields Kylon itself reads from a JSON request body, and the type each
+    # must have (a wrong type is refused with 400 before anything goes upstream).
+    checked_fields = {"model": str, "stream": bool, "max_tokens": int}
+    # Query parameters of this provider's URLs that carry a secret, besides
+    # SECRET_QUERY_PARAMS: the access log never shows their values.
+    secret_query_params = ()
+    # Response headers holding the upstream's own id of the call, in order of
+    # preference: kept in the usage record (upstream_request_id).
+    upstream_id_headers = ("x-request-id",)
 
     def __init__(self):
         self.api_key = None
@@ -152,6 +188,8 @@ class Provider:
         return None
 
     def upstream_url(self, exchange):
+        if exchange.upstream_url:
+            return exchange.upstream_url
         url = self.base_url + self.upstream_prefix + exchange.path
         if exchange.query:
             url += "?" + exchange.query
@@ -170,30 +208,61 @@ class Provider:
         to refuse the call."""
         return None
 
+    def body_problem(self, body):
+        """A clear message when a field of `checked_fields` has the wrong type, else None."""
+        for name, wanted in self.checked_fields.items():
+            value = body.get(name)
+            if value is not None and type(value) is not wanted:
+                return f"'{name}' must be {TYPE_NAMES[wanted]}."
+        return None
+
     def prepare_request(self, exchange, body):
-        """Final say on the upstream body (bytes) once the JSON rewrite ran."""
-        return body
+        """Final say on the upstream body (bytes) once the JSON rewrite ran:
+        the route's `prepare`; a free route's usage is settled here."""
+        route = exchange.route
+        if route is None:
+            return body
+        if route.free:
+            exchange.make_free()
+        return route.prepare(exchange, body) if route.prepare is not None else body
 
     # Output tokens held for a call that names no maximum.
     default_hold_output_tokens = 4096
 
     def hold_usage(self, exchange):
         """The most a call is likely to consume, held against the balance while it
-        runs: its input (about 4 bytes a token) and its maximum output."""
-        body = exchange.request_json or {}
-        limit = None
-        for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
-            if isinstance(body.get(name), int):
-                limit = body[name]
-                break
-        config = body.get("generationConfig")
-        if limit is None and isinstance(config, dict) and isinstance(config.get("maxOutputTokens"), int):
-            limit = config["maxOutputTokens"]
+        runs: the route's `hold`, else its input (about 4 bytes a token) and its
+        maximum output. A call already final at zero (a free one: an upload
+        chunk of megabytes, countTokens) holds nothing from the agent's others."""
+        if exchange.usage_final:
+            return Usage()
+        if exchange.route is not None and exchange.route.hold is not None:
+            return exchange.route.hold(exchange)
+        limit = self.output_limit(exchange.request_json or {})
         output = self.default_hold_output_tokens if limit is None else max(limit, 0)
         return Usage(input_tokens=exchange.request_bytes // 4, output_tokens=output, units=Decimal(1))
 
+    # The request fields that cap a call's output tokens, the first set one wins.
+    output_limit_fields = ("max_tokens",)
+
+    def output_limit(self, body):
+        """The most output tokens a JSON request body allows, or None."""
+        for name in self.output_limit_fields:
+            if isinstance(body.get(name), int):
+                return body[name]
+        return None
+
     # -- response -------------------------------------------------------------
+    def error_body(self, status, message, code=None):
+        """The body of an error Kylon itself returns on this provider's routes,
+        in the shape the provider's SDK parses (OpenAI's unless overridden)."""
+        return openai_error_body(status, message, code)
+
     def usage_from_headers(self, exchange, headers):
+        """Usage known from the response headers alone (the route's hook), or None."""
+        route = exchange.route
+        if route is not None and route.usage_from_headers is not None:
+            return route.usage_from_headers(exchange, headers)
         return None
 
 
@@ -203,6 +272,11 @@ def json_or_none(data):
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def member(value, key):
+    """value[key] when value is a JSON object, else None."""
+    return value.get(key) if isinstance(value, dict) else None
 
 
 def integer(mapping, *path):

@@ -11,21 +11,21 @@ Kylon's own connection to Cerebras too) and records it at zero credits: it is
 not a model call.
 """
 
-from ..billing import Price, Usage
-from .base import Provider, Route
-from .openai import chat_completions_route
+from ..billing import Price
+from .base import Route
+from .openai import OpenAICompatible, chat_completions_route
 
 
-class Cerebras(Provider):
+class Cerebras(OpenAICompatible):
     name = "cerebras"
-    error_style = "openai"
     api_key_env = "CEREBRAS_API_KEY"
     base_url_env = "KYLON_CEREBRAS_BASE_URL"
     default_base_url = "https://api.cerebras.ai"
 
     routes = [
         chat_completions_route(),
-        Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw"),
+        # A warm-up is free, and says so (not an estimate of a model call).
+        Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw", free=True),
     ]
 
     # Credits per million tokens (1 credit = 1 USD), Cerebras' pay-as-you-go prices.
@@ -43,12 +43,6 @@ class Cerebras(Provider):
     }
     # Unknown models are charged like the dearest listed model, and flagged.
     fallback_price = Price.of(input="2.25", output="2.90")
-
-    def usage_from_headers(self, exchange, headers):
-        # A warm-up is free, and says so (not an estimate of a model call).
-        if exchange.route is not None and exchange.route.name == "tcp_warming":
-            return Usage()
-        return None
 
 
 provider = Cerebras()

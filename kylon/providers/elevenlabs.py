@@ -12,6 +12,7 @@ user) cost nothing. Audio is relayed as opaque bytes as it arrives.
 from decimal import Decimal
 
 from ..billing import Price, Usage
+from ..errors import error_code
 from .base import Provider, Route
 
 # What ElevenLabs uses when the request names no model.
@@ -19,10 +20,17 @@ DEFAULT_MODEL = "eleven_multilingual_v2"
 
 
 def read_tts_request(exchange, body):
-    """ElevenLabs names the model `model_id`; the request itself is left as is."""
+    """ElevenLabs names the model `model_id`; the request itself is left as is.
+    Whether it streams is the path's business, not a body field."""
     model = body.get("model_id")
     exchange.model = model if isinstance(model, str) and model else DEFAULT_MODEL
-    exchange.stream = exchange.route.name == "text_to_speech.stream"
+    exchange.stream = False
+    return False
+
+
+def read_tts_stream_request(exchange, body):
+    read_tts_request(exchange, body)
+    exchange.stream = True
     return False
 
 
@@ -32,7 +40,6 @@ def characters(count, estimated=False):
 
 class ElevenLabs(Provider):
     name = "elevenlabs"
-    error_style = "elevenlabs"
     api_key_env = "ELEVENLABS_API_KEY"
     base_url_env = "KYLON_ELEVENLABS_BASE_URL"
     default_base_url = "https://api.elevenlabs.io"
@@ -40,12 +47,14 @@ class ElevenLabs(Provider):
     client_key_headers = ("xi-api-key", "authorization", "x-api-key")
     passthrough = True
     default_gates = {"": "elevenlabs"}
+    upstream_id_headers = ("request-id",)
 
     routes = [
         # Binary audio/mpeg, or JSON with /with-timestamps.
         Route(r"/v1/text-to-speech/[^/]+(/with-timestamps)?", "text_to_speech", rewrite=read_tts_request),
         # Chunked audio (not SSE), or NDJSON with /with-timestamps.
-        Route(r"/v1/text-to-speech/[^/]+/stream(/with-timestamps)?", "text_to_speech.stream", rewrite=read_tts_request),
+        Route(r"/v1/text-to-speech/[^/]+/stream(/with-timestamps)?", "text_to_speech.stream",
+              rewrite=read_tts_stream_request),
     ]
 
     # Credits per character (1 credit = 1 USD): ElevenLabs' Creator-plan rate of
@@ -67,6 +76,10 @@ class ElevenLabs(Provider):
 
     def auth_headers(self):
         return {"xi-api-key": self.api_key}
+
+    def error_body(self, status, message, code=None):
+        # ElevenLabs' own shape: {"detail": {"status": code, "message": …}}.
+        return {"detail": {"status": code or error_code(status), "message": message}}
 
     def usage_from_headers(self, exchange, headers):
         # Final as soon as the headers are in: a stream cut later was still

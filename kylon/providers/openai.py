@@ -13,7 +13,7 @@ import re
 from decimal import Decimal
 
 from ..billing import Price, Usage
-from .base import Provider, Route, error_message, integer, json_or_none
+from .base import Provider, Route, error_message, integer, json_or_none, member
 
 # Chat chunks carry `"usage":null` on every event once usage is requested; only
 # a chunk with a real usage object needs parsing.
@@ -22,7 +22,7 @@ _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
 
 def chat_usage(body):
     """Usage of a chat.completion (or a usage chunk)."""
-    usage = body.get("usage")
+    usage = member(body, "usage")
     if not isinstance(usage, dict):
         return None
     return Usage(
@@ -89,7 +89,7 @@ def chat_completions_route():
 
 
 def responses_usage(body):
-    usage = body.get("usage")
+    usage = member(body, "usage")
     if not isinstance(usage, dict):
         return None
     return Usage(
@@ -152,7 +152,7 @@ _IMAGE_FIELDS = ("model", "stream", "size", "quality", "prompt") + _GPT_IMAGE_ON
 
 def image_usage(body):
     """Usage of an images answer, or of a stream's completed event."""
-    usage = body.get("usage")
+    usage = member(body, "usage")
     if isinstance(usage, dict):
         image_input = integer(usage, "input_tokens_details", "image_tokens")
         return Usage(
@@ -161,7 +161,7 @@ def image_usage(body):
             unit="image_input_tokens" if image_input else "",
             units=Decimal(image_input),
         )
-    data = body.get("data")
+    data = member(body, "data")
     if isinstance(data, list) and data:
         return Usage(unit="images", units=Decimal(len(data)))
     return None
@@ -255,6 +255,16 @@ def read_edit_request(exchange, body):
         describe_image_call(exchange, json_or_none(body) or {})
     else:
         describe_image_call(exchange, *multipart_fields(body, _IMAGE_FIELDS))
+    return body
+
+
+def image_hold(exchange):
+    """Per image, the dearest answer (a large high-quality GPT image is 6,240
+    output tokens; DALL-E, one image). Uploaded image bytes are not text
+    tokens: a large edit must not hold as if it were a long prompt."""
+    n = (exchange.request_json or {}).get("n")
+    n = n if isinstance(n, int) and 0 < n <= 10 else 1
+    return Usage(output_tokens=HOLD_IMAGE_OUTPUT_TOKENS * n, units=Decimal(n))
 
 
 # Per image for DALL-E (by price tier, see above); per million tokens for GPT
@@ -275,9 +285,16 @@ IMAGE_PRICES = {
 }
 
 
-class OpenAI(Provider):
+class OpenAICompatible(Provider):
+    """What OpenAI's API and the APIs shaped like it (Cerebras, OpenRouter) share."""
+
+    checked_fields = {**Provider.checked_fields, "max_completion_tokens": int, "max_output_tokens": int}
+    # Chat's current field, the Responses API's, then chat's older one.
+    output_limit_fields = ("max_completion_tokens", "max_output_tokens", "max_tokens")
+
+
+class OpenAI(OpenAICompatible):
     name = "openai"
-    error_style = "openai"
     api_key_env = "OPENAI_API_KEY"
     base_url_env = "KYLON_OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com"
@@ -293,9 +310,18 @@ class OpenAI(Provider):
             read_usage=image_usage,
             on_event=image_event,
             rewrite=read_generation_request,
+            hold=image_hold,
         ),
-        # JSON or multipart: opaque bytes, read by prepare_request below.
-        Route(r"/v1/images/edits", "images.edits", body="raw", read_usage=image_usage, on_event=image_event),
+        # JSON or multipart: opaque bytes, read by read_edit_request.
+        Route(
+            r"/v1/images/edits",
+            "images.edits",
+            body="raw",
+            read_usage=image_usage,
+            on_event=image_event,
+            prepare=read_edit_request,
+            hold=image_hold,
+        ),
     ]
 
     # Credits per million tokens (1 credit = 1 USD), OpenAI's list prices.
@@ -320,21 +346,6 @@ class OpenAI(Provider):
     # Unknown models are charged like the dearest common model, and flagged
     # (units: an unknown GPT image model's image input tokens, at gpt-image-1's price).
     fallback_price = Price.of(input="5.00", output="20.00", per_unit="0.00001")
-
-    def prepare_request(self, exchange, body):
-        if exchange.route is not None and exchange.route.name == "images.edits":
-            read_edit_request(exchange, body)
-        return body
-
-    def hold_usage(self, exchange):
-        if exchange.route is None or not exchange.route.name.startswith("images."):
-            return super().hold_usage(exchange)
-        # Per image, the dearest answer (a large high-quality GPT image is 6,240
-        # output tokens; DALL-E, one image). Uploaded image bytes are not text
-        # tokens: a large edit must not hold as if it were a long prompt.
-        n = (exchange.request_json or {}).get("n")
-        n = n if isinstance(n, int) and 0 < n <= 10 else 1
-        return Usage(output_tokens=HOLD_IMAGE_OUTPUT_TOKENS * n, units=Decimal(n))
 
 
 provider = OpenAI()

@@ -27,8 +27,8 @@ itself).
 from decimal import Decimal, InvalidOperation
 
 from ..billing import Price
-from .base import Provider, Route, json_or_none
-from .openai import chat_event, chat_usage
+from .base import Route, json_or_none
+from .openai import OpenAICompatible, chat_event, chat_usage
 
 TITLE_HEADERS = ("X-OpenRouter-Title", "X-Title")
 
@@ -74,13 +74,14 @@ def openrouter_event(exchange, event):
     return keep
 
 
-class OpenRouter(Provider):
+class OpenRouter(OpenAICompatible):
     name = "openrouter"
-    error_style = "openai"
     api_key_env = "OPENROUTER_API_KEY"
     base_url_env = "KYLON_OPENROUTER_BASE_URL"
     default_base_url = "https://openrouter.ai"
     upstream_prefix = "/api"
+    # The generation id (what OpenRouter's own logs and /generation know) first.
+    upstream_id_headers = ("x-generation-id", "x-request-id")
 
     routes = [
         Route(r"/v1/chat/completions", "chat.completions", read_usage=openrouter_usage, on_event=openrouter_event),

@@ -1,6 +1,7 @@
-"""Fake provider upstreams. Each module `<name>_fake.py` defines `start()`,
-returning a started FakeServer whose `kylon_env()` gives the variables that
-point Kylon at it (operator key, base URL). Adding a fake = adding a module."""
+"""Fake provider upstreams. Each module (or package) `<name>_fake` defines
+`start()`, returning a started FakeServer whose `kylon_env()` gives the
+variables that point Kylon at it (operator key, base URL). Adding a fake =
+adding a module; nothing lists them."""
 
 import importlib
 import pkgutil

@@ -17,17 +17,36 @@ import re
 from urllib.parse import unquote
 
 from ...billing import Price, Usage
-from ..base import Provider, Route, integer, json_or_none
+from ..base import Provider, Route, integer, json_or_none, member
 from . import helpers
 
 _VERSION = r"/v1(?:beta|alpha)?"
 # `models/{model}:{method}` anywhere in a path (tunedModels are another kind).
 MODEL_CALL = re.compile(r"/models/([^/:]+):([A-Za-z]+)\Z")
 
+# Google's canonical status names, which google-genai maps to its errors.
+GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "FAILED_PRECONDITION",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
 
 def gemini_usage(body):
-    """Usage of a GenerateContentResponse (or a stream chunk)."""
-    meta = body.get("usageMetadata")
+    """Usage of a GenerateContentResponse, of a stream chunk, or of a whole
+    stream read without alt=sse (a JSON array of chunks: the last one has it)."""
+    if isinstance(body, list):
+        body = body[-1] if body else None
+    meta = member(body, "usageMetadata")
     if not isinstance(meta, dict):
         return None
     thoughts = integer(meta, "thoughtsTokenCount")
@@ -65,13 +84,15 @@ def strip_key_param(query):
 
 class Gemini(Provider):
     name = "gemini"
-    error_style = "gemini"
     api_key_env = "GEMINI_API_KEY"
     base_url_env = "KYLON_GEMINI_BASE_URL"
     default_base_url = "https://generativelanguage.googleapis.com"
     # The SDK's header first; Bearer and x-api-key as on every route.
     client_key_headers = ("x-goog-api-key", "authorization", "x-api-key")
     passthrough = True
+    upstream_id_headers = ("x-goog-request-id",)
+    # Its key may come as ?key=, and Kylon's upload URLs carry a session token.
+    secret_query_params = ("key", "upload_id")
 
     routes = [
         Route(_VERSION + r"/models/[^/:]+:generateContent", "generateContent", read_usage=gemini_usage),
@@ -81,13 +102,12 @@ class Gemini(Provider):
             read_usage=gemini_usage,
             on_event=stream_event,
         ),
-        Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens"),
+        Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens", free=True),
         # Resumable file uploads: the start (JSON metadata) and the byte chunks.
-        Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw"),
-        # Kylon's own helpers.
+        Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw", free=True),
+        # Kylon's own helpers (the understanding routes are added per instance, below).
         Route(r"/files/upload-urls", "files.upload-urls", rewrite=helpers.check_upload_urls_request),
     ]
-    free_routes = frozenset({"countTokens", "files.upload"})
 
     # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
     # prices for prompts up to 200k tokens (text/image/video input; audio input
@@ -159,31 +179,25 @@ class Gemini(Provider):
     def auth_headers(self):
         return {"x-goog-api-key": self.api_key}
 
-    def upstream_url(self, exchange):
-        # A resumable upload's byte chunks go to the session URL upstream gave.
-        return exchange.extra.get("upstream_url") or super().upstream_url(exchange)
+    def error_body(self, status, message, code=None):
+        return {"error": {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}}
 
-    def hold_usage(self, exchange):
-        # A free call (ready() made it final at zero: an upload chunk of
-        # megabytes, countTokens) holds nothing from the agent's other calls.
-        if exchange.usage_final:
-            return Usage()
-        return super().hold_usage(exchange)
+    def output_limit(self, body):
+        config = body.get("generationConfig")
+        limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
+        return limit if isinstance(limit, int) else None
 
     async def ready(self, exchange):
-        # The URL says what the call is: its model, whether it streams, and
-        # whether it is free (then final at zero, whatever becomes of the transfer).
+        # The URL says what the call is: its model, and whether it streams.
         found = MODEL_CALL.search(exchange.path)
         if found:
             exchange.model = unquote(found.group(1))
             exchange.stream = found.group(2) == "streamGenerateContent"
-        route = exchange.route
-        free = route.name in self.free_routes if route is not None else not found and not exchange.request_bytes
-        if free:
-            # countTokens, uploads, and pass-through calls that name no model and
-            # send no body (files get/list/delete, models list): nothing to bill.
-            exchange.usage = Usage()
-            exchange.usage_final = True
+        if exchange.route is None and not found and not exchange.request_bytes:
+            # A pass-through call that names no model and sends no body (files
+            # get/list/delete, models list): nothing to bill. (Free routes:
+            # countTokens, uploads, see `free` above.)
+            exchange.make_free()
         return None
 
 
