@@ -17,7 +17,14 @@ from kylon.providers.base import Exchange, Provider, Route
 from kylon.providers.elevenlabs import read_tts_request, read_tts_stream_request
 from kylon.providers.openai import HOLD_IMAGE_OUTPUT_TOKENS
 
-PROVIDERS = load_providers({"KYLON_VERTEX_PROJECT": "p", "KYLON_VERTEX_ACCESS_TOKEN": "t"})
+ENV = {"KYLON_VERTEX_PROJECT": "p", "KYLON_VERTEX_ACCESS_TOKEN": "t"}
+PROVIDERS = load_providers(ENV)
+
+
+@pytest.fixture(autouse=True)
+def configured():
+    # The provider instances are the modules' own: other tests configure them too.
+    PROVIDERS.update(load_providers(ENV))
 
 
 def route(provider, name):
