@@ -258,11 +258,8 @@ class UpstreamCall:
         try:
             return self._outcome(await self._done)
         finally:
-            # The callbacks are the caller's bound methods, and the caller
-            # holds this call: dropping them breaks the cycle, so a finished
-            # request is freed at once by reference counting instead of
-            # waiting, with everything it holds, for the cyclic GC (whose
-            # passes over thousands of such requests paused the loop 10-20 ms).
+            # The callbacks are the caller's bound methods and the caller holds
+            # this call: break the cycle, so reference counting frees it, not the GC.
             self.on_headers = self.on_chunk = None
 
     def _outcome(self, errno):

@@ -24,13 +24,12 @@ class UpstreamClient(CurlAsyncHTTPClient):
     """Tornado's curl client with a lean path for Kylon's own calls.
 
     The multi handle, its socket and timer plumbing, the handle pool and the
-    queue are Tornado's. What changes is the per-call work, which at a few
-    thousand calls a second is most of what the client costs: an UpstreamCall
-    sets its own handful of curl options (`UpstreamCall.setup`) instead of
-    Tornado's HTTPRequest → _RequestProxy → ~35 options, gets its body bytes
-    synchronously from libcurl (it only queues them for the client's socket,
-    and never re-enters this client from there), and its end is reported as
-    (error number, message) with no HTTPResponse built around it. Calls made
+    queue are Tornado's; the per-call work, most of what the client costs, is
+    Kylon's: an UpstreamCall sets its own few curl options
+    (`UpstreamCall.setup`) instead of HTTPRequest → _RequestProxy → ~35, gets
+    its body bytes synchronously from libcurl (it only queues them for the
+    client's socket, and never re-enters this client from there), and its end
+    is reported as (error number, message), with no HTTPResponse. Calls made
     with `fetch()` still take Tornado's own path.
     """
 
@@ -39,12 +38,8 @@ class UpstreamClient(CurlAsyncHTTPClient):
         self._loop = IOLoop.current().asyncio_loop
         self._calls = collections.deque()  # UpstreamCalls waiting for a free handle
         self._running = {}  # curl handle -> its UpstreamCall
-        # libcurl's sockets are watched in an epoll set of their own, which the
-        # event loop watches as one descriptor. Tornado registers each socket
-        # with the loop and removes it again at every change of interest; a
-        # keep-alive connection is added and removed once per call, and on
-        # uvloop each add costs four system calls (a pollability probe, a
-        # non-blocking ioctl, the registration) against one here.
+        # libcurl's sockets in an epoll set of their own, one descriptor for the
+        # loop: Tornado re-registers each socket with the loop at every change.
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._watched = {}  # fd -> epoll event mask
         super().initialize(*args, **kwargs)
