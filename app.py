@@ -26,7 +26,7 @@ from kylon.db import DatabaseWorker, repeat
 from kylon.handlers import NotFoundHandler, admin_pages, default_handlers
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Gate, Setting, open_database
-from kylon.providers import load_providers
+from kylon.providers import load_providers, secret_query_params
 from kylon.server import KylonHTTPServer
 from kylon.services import Services
 from kylon.settings import Settings
@@ -119,7 +119,7 @@ async def serve(settings):
     writer = UsageWriter(worker, balances, settings.usage_flush_seconds, Journal(settings.journal_dir, journal_name))
     writer.replay_journal()
     services = Services(settings, worker, cache, balances, writer, providers, pricebook, admin_hash)
-    services.access_log = AccessLog()
+    services.access_log = AccessLog(secret_params=secret_query_params(providers))
     services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,
                                         forget_after=300)
     relay.configure_client(settings.max_upstream_connections)

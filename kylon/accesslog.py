@@ -1,12 +1,11 @@
 """The access log: one line per request, written in batches.
 
 Tornado calls `AccessLog` (its `log_function`) as each request ends. A line
-made through the logging module costs more than the rest of a proxied call's
-bookkeeping together (a LogRecord, the caller's frame looked up, a formatter,
-a lock, one write and flush per line). Here the line is formatted directly in
-the layout of Kylon's other log lines (LOG_FORMAT) and kept until the IOLoop
-has handled what is ready now: then every line of that turn goes out in one
-write. Nothing waits on a timer, so a line is out within the same loop turn.
+made through the logging module is costly (a LogRecord, the caller's frame
+looked up, a formatter, a lock, one write and flush per line). Here the line
+is formatted directly in the layout of Kylon's other log lines (LOG_FORMAT)
+and kept until the IOLoop has handled what is ready now: then every line of
+that turn goes out in one write. Nothing waits on a timer, so a line is out within the same loop turn.
 The logger's level still decides, per status class, whether a line is made.
 """
 

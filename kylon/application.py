@@ -6,9 +6,8 @@ from tornado.routing import PathMatches
 
 class KylonApplication(tornado.web.Application):
     """Tornado's Application, with a path under /proxy/ matched against the
-    proxy rules alone (in their order). Proxy calls are nearly all of the
-    traffic, and Tornado's router would first try the static-file, favicon
-    and robots rules and every helper route, one regex and call each."""
+    proxy rules alone (in their order): proxy calls are nearly all of the
+    traffic, and Tornado's router would try every other rule first."""
 
     def __init__(self, handlers, **settings):
         super().__init__(handlers, **settings)

@@ -2,13 +2,13 @@
 
 Tornado enforces `idle_connection_timeout` and `body_timeout` by wrapping every
 read of a request's headers and of its body in `gen.with_timeout`: a task, a
-chained future and a timer, twice per request, a few percent of what a call
-costs at thousands of calls a second. Here each request notes its stage as its
-events pass (waiting for headers since…, reading its body since…, answered),
-and one sweep, a few times a second, closes a connection that has waited for a
-request's headers longer than the idle time-out, or has been sending a body
-longer than the body time-out. An answer being sent has no time-out here (as
-with Tornado's own): an upstream's silence is the relay's business.
+chained future and a timer, twice per request. Here each request notes its
+stage as its events pass (waiting for headers since…, reading its body
+since…, answered), and one sweep, a few times a second, closes a connection
+that has waited for a request's headers longer than the idle time-out, or has
+been sending a body longer than the body time-out. An answer being sent has no
+time-out here (as with Tornado's own): an upstream's silence is the relay's
+business.
 
 Nagle's algorithm is off for a connection's whole life (see handle_stream).
 """
@@ -68,10 +68,8 @@ def _nodelay_stays_on(value):
 
 class KylonHTTPServer(HTTPServer):
     def initialize(self, *args, client_idle_timeout=None, client_body_timeout=None, **kwargs):
-        # Each socket read goes into a new zero-filled buffer of this size:
-        # Tornado's 64 KiB default clears (and pulls through the CPU cache)
-        # 64 KiB for every request of a few hundred bytes. Also the size of
-        # the body chunks a handler gets.
+        # Each socket read zero-fills a new buffer of this size (Tornado's 64 KiB
+        # for a request of a few hundred bytes); also a handler's body chunk size.
         kwargs.setdefault("chunk_size", READ_CHUNK_BYTES)
         super().initialize(*args, **kwargs)
         # Tornado sets a header time-out of an hour when none is given, and
@@ -88,10 +86,8 @@ class KylonHTTPServer(HTTPServer):
             self.sweeper.start()
 
     def handle_stream(self, stream, address):
-        # Kylon writes each answer, or each batch of a stream's chunks, in one
-        # send that should leave at once: Nagle stays off. (Tornado switches
-        # it on and off again around every answer: two setsockopt calls a
-        # request, and a stream's chunks would wait for ACKs in between.)
+        # Each answer, or batch of a stream's chunks, is one send that should
+        # leave at once: Nagle stays off (Tornado toggles it around every answer).
         stream.set_nodelay(True)
         stream.set_nodelay = _nodelay_stays_on
         super().handle_stream(stream, address)

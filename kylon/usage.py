@@ -9,10 +9,10 @@ batch stays pending and is retried; shutdown flushes whatever is left.
 
 The journal: so that a SIGKILL loses no record of a call whose answer had
 completed, each record is also appended to a local journal file before the
-answer's last bytes go out (one `os.write` to the page cache: a few
-microseconds, no fsync — a killed process's writes survive, a machine crash is
-what the database commit is for). Journal segments are deleted once their
-records are committed, and replayed (idempotently, by request id) at start.
+answer's last bytes go out (one `os.write` to the page cache, no fsync — a
+killed process's writes survive, a machine crash is what the database commit
+is for). Journal segments are deleted once their records are committed, and
+replayed (idempotently, by request id) at start.
 """
 
 import asyncio
@@ -41,10 +41,8 @@ ROWS_PER_INSERT = 256
 
 def statement_sizes(count):
     """Row counts of the INSERTs that write `count` rows: powers of two, the
-    largest first (300 → 256, 32, 8, 4). sqlite3 keeps its last 128 prepared
-    statements, and a statement of a few hundred rows holds nearly 1 MB: one
-    statement per batch size would grow memory by 100 MB and prepare each
-    one anew. With these sizes there are 9 statements, each reused."""
+    largest first (300 → 256, 32, 8, 4). sqlite3 caches 128 prepared
+    statements: 9 sizes are 9 statements, each reused, not one per batch size."""
     sizes = []
     size = ROWS_PER_INSERT
     while count:
@@ -57,13 +55,9 @@ def statement_sizes(count):
 
 def insert_records(records):
     """Multi-row INSERTs, built here: peewee's insert_many builds every value
-    of every row in Python, which on this (the database) thread holds the GIL
-    for milliseconds per batch and shows up as latency on the IOLoop. One
-    statement for many rows, rather than executemany, also matters: sqlite3
-    releases and re-takes the GIL around every step, and with the IOLoop busy
-    each re-take waits for Python's switch interval, a convoy per row.
-    Decimals and datetimes go as the strings the drivers would make of them,
-    which spares the driver's adapter lookups."""
+    in Python, holding the GIL (IOLoop latency), and executemany re-takes the
+    GIL at every row, waiting each time on the busy IOLoop. Decimals and
+    datetimes go as the strings the drivers would make (no adapter lookups)."""
     names = list(records[0])
     fields = [UsageRecord._meta.fields[name] for name in names]
     row_marks = "(" + ", ".join([database.param] * len(names)) + ")"

@@ -28,7 +28,7 @@ class UploadUrlsHandler(GeminiHandler):
         if refusal is not None:
             return self.reject(refusal)
         # Starting uploads costs nothing, whatever becomes of the call.
-        exchange.usage, exchange.usage_final = Usage(), True
+        exchange.make_free()
         provider = self.provider
         answers = []
         for item in exchange.request_json["files"]:
