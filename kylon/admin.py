@@ -6,15 +6,12 @@ in one place.
 """
 
 import datetime
-import json
-import time
 from decimal import Decimal, InvalidOperation
 
 import peewee
 
 from . import auth
 from .billing import PRICE_FIELDS
-from .digest import sha256_hex
 from .models import (
     Agent,
     AgentSkill,
@@ -22,7 +19,6 @@ from .models import (
     CreditLedger,
     Gate,
     PriceOverride,
-    Setting,
     UsageRecord,
     database,
     from_nano,
@@ -375,46 +371,3 @@ def usage_export_batch(filters, after_id=0, limit=1000):
     batches): [(id, record), ...]."""
     q = usage_query(filters).where(UsageRecord.id > int(after_id)).order_by(UsageRecord.id).limit(limit)
     return [(r.id, usage_dict(r)) for r in q]
-
-
-# Admin page sessions live in the database, so a logout ends the session in
-# every Kylon process sharing it. Only the session id's hash is stored.
-SESSION_PREFIX = "admin-session:"
-
-
-def _session_name(session_id):
-    return SESSION_PREFIX + sha256_hex(session_id)
-
-
-def create_admin_session(session_id, who, token_tag, lifetime_seconds):
-    now = time.time()
-    stale = [
-        row.name
-        for row in Setting.select().where(Setting.name.startswith(SESSION_PREFIX))
-        if _session_value(row.value, now) is None
-    ]
-    with database.atomic():
-        if stale:
-            Setting.delete().where(Setting.name.in_(stale)).execute()
-        value = {"who": who, "token": token_tag, "expires": now + lifetime_seconds}
-        Setting.create(name=_session_name(session_id), value=json.dumps(value))
-
-
-def _session_value(text, now):
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("expires"), (int, float)) or value["expires"] <= now:
-        return None
-    return value
-
-
-def admin_session(session_id):
-    """The session's {"who", "token", "expires"}, or None when unknown or expired."""
-    row = Setting.get_or_none(Setting.name == _session_name(session_id))
-    return None if row is None else _session_value(row.value, time.time())
-
-
-def delete_admin_session(session_id):
-    Setting.delete().where(Setting.name == _session_name(session_id)).execute()

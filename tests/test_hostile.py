@@ -11,7 +11,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kylon.handlers.proxy import safe_path, without_kylon_keys
+from kylon.calls.admission import safe_path, without_kylon_keys
 from kylon.providers import load_providers
 from kylon.providers.base import Exchange
 

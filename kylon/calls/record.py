@@ -47,21 +47,8 @@ def build_record(call, status, http_status, usage, pricebook, now, error="", ups
     credits = credits_for(usage, price)
     route = call.route_name
     ttfb = None if call.first_byte_at is None else call.first_byte_at - call.t0
-    observations = [
-        (metrics.REQUESTS, (provider, route, status_class(http_status)), 1),
-        (metrics.REQUEST_DURATION, (provider, route), now - call.t0),
-    ]
-    if ttfb is not None:
-        observations.append((metrics.TIME_TO_FIRST_BYTE, (provider, route), ttfb))
     model_label = model if pricebook.known_model(provider, model) else "other"
-    for kind in TOKEN_KINDS:
-        count = getattr(usage, kind + "_tokens")
-        if count:
-            observations.append((metrics.TOKENS, (provider, model_label, kind), count))
-    if usage.units:
-        observations.append((metrics.UNITS, (provider, model_label, usage.unit), float(usage.units)))
-    if credits:
-        observations.append((metrics.CREDITS, (provider, model_label), float(credits)))
+    observations = observe_call(call, http_status, now, ttfb) + observe_usage(provider, model_label, usage, credits)
     record = {
         "request_id": call.request_id,
         "agent_id": call.agent.agent_id,
@@ -89,3 +76,27 @@ def build_record(call, status, http_status, usage, pricebook, now, error="", ups
         "ttfb_ms": None if ttfb is None else int(ttfb * 1000),
     }
     return record, observations
+
+
+def observe_call(call, http_status, now, ttfb):
+    labels = (call.provider.name, call.route_name)
+    observations = [
+        (metrics.REQUESTS, (*labels, status_class(http_status)), 1),
+        (metrics.REQUEST_DURATION, labels, now - call.t0),
+    ]
+    if ttfb is not None:
+        observations.append((metrics.TIME_TO_FIRST_BYTE, labels, ttfb))
+    return observations
+
+
+def observe_usage(provider, model_label, usage, credits):
+    observations = []
+    for kind in TOKEN_KINDS:
+        count = getattr(usage, kind + "_tokens")
+        if count:
+            observations.append((metrics.TOKENS, (provider, model_label, kind), count))
+    if usage.units:
+        observations.append((metrics.UNITS, (provider, model_label, usage.unit), float(usage.units)))
+    if credits:
+        observations.append((metrics.CREDITS, (provider, model_label), float(credits)))
+    return observations

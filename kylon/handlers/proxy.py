@@ -8,9 +8,10 @@ credential → relay the answer as it arrives while the meter reads usage →
 classify the outcome → the usage record. Every call that got past
 authentication leaves exactly one usage record, whatever happens after.
 
-A provider's own handlers (Gemini's uploads and helpers) subclass this one
-and override only its hooks: `authenticate`, `shape_response_headers` and
-`error_headers`.
+A provider's own handlers (Gemini's uploads) subclass this one and override
+its hooks: `authenticate`, `shape_response_headers`, `error_headers`; a call
+of several upstream calls (Gemini's upload URLs) overrides `forward` and
+still ends through `call_upstream` and `finish_call`.
 """
 
 import asyncio
@@ -23,7 +24,7 @@ import tornado.web
 from .. import metrics, relay
 from ..billing import Usage, credits_for
 from ..calls import admission, outcome as outcomes
-from ..calls.admission import OUT_OF_CREDITS, Refusal, safe_path, without_kylon_keys  # noqa: F401 (tests)
+from ..calls.admission import OUT_OF_CREDITS, Refusal, without_kylon_keys
 from ..calls.headers import copy_response_headers, upstream_header_pairs, upstream_request_id
 from ..calls.record import CallState, build_record
 from ..meter import ResponseMeter, settle_usage
@@ -211,13 +212,9 @@ class ProxyHandler(BaseHandler):
         self.meter = ResponseMeter(exchange) if exchange.route is not None else None
         method = self.request.method
         headers = upstream_header_pairs(self.request.headers, provider, self.services.key_headers)
+        body = body if (body or method in ("POST", "PUT", "PATCH")) else None
         transfer = await self.call_upstream(
-            method,
-            provider.upstream_url(exchange),
-            headers,
-            body if (body or method in ("POST", "PUT", "PATCH")) else None,
-            self.upstream_headers_arrived,
-            self.upstream_chunk,
+            method, provider.upstream_url(exchange), headers, body, self.upstream_headers_arrived, self.upstream_chunk
         )
         self.finish_call(transfer)
 
@@ -242,13 +239,16 @@ class ProxyHandler(BaseHandler):
 
     def hold_credits(self):
         """Hold the call's likely maximum cost while it runs (released in record())."""
-        exchange, call = self.exchange, self.call
-        price = self.services.pricebook.price(self.provider.name, exchange.price_model or exchange.model)[0]
-        hold = credits_for(self.provider.hold_usage(exchange), price)
+        call = self.call
+        hold = credits_for(self.provider.hold_usage(self.exchange), self.price())
         if not self.services.balances.try_hold(call.agent.agent_id, hold):
             return False
         call.held = hold
         return True
+
+    def price(self):
+        exchange = self.exchange
+        return self.services.pricebook.price(self.provider.name, exchange.price_model or exchange.model)[0]
 
     async def call_upstream(self, method, url, headers, body, on_headers, on_chunk):
         """One upstream call with Kylon's time-outs, kept in self.upstream so
@@ -256,14 +256,8 @@ class ProxyHandler(BaseHandler):
         transfer ended."""
         settings = self.services.settings
         self.upstream = relay.UpstreamCall(
-            method,
-            url,
-            headers,
-            body,
-            on_headers=on_headers,
-            on_chunk=on_chunk,
-            connect_timeout=settings.connect_timeout,
-            first_byte_timeout=settings.first_byte_timeout,
+            method, url, headers, body, on_headers=on_headers, on_chunk=on_chunk,
+            connect_timeout=settings.connect_timeout, first_byte_timeout=settings.first_byte_timeout,
             idle_timeout=settings.idle_timeout,
         )
         if self.client_gone or self.interrupted:
@@ -333,25 +327,19 @@ class ProxyHandler(BaseHandler):
         if self.streaming:
             metrics.child(metrics.ACTIVE_STREAMS, self.provider.name).dec()
         scanned = meter is not None and meter.scanner is not None
+        whole = outcomes.whole_answer_sent(
+            status, scanned, exchange.usage_final, exchange.stream_done, exchange.stream_error
+        )
         facts = outcomes.Facts(
-            transfer=transfer,
-            status=status,
-            client_gone=self.client_gone,
-            interrupted=self.interrupted,
-            headers_sent=self.headers_sent,
-            whole_answer_sent=outcomes.whole_answer_sent(
-                status, scanned, exchange.usage_final, exchange.stream_done, exchange.stream_error
-            ),
-            stream_error=exchange.stream_error,
-            transfer_error=self.upstream.error or "",
+            transfer, status, self.client_gone, self.interrupted, self.headers_sent, whole,
+            stream_error=exchange.stream_error, transfer_error=self.upstream.error or "",
             bad_answer=meter.answer_problem if meter is not None else "",
         )
         outcome = outcomes.classify(facts)
         usage = Usage() if outcome.usage == outcomes.NOTHING else settle_usage(exchange, outcome.usage == outcomes.FINAL)
         if outcome.answer == "complete" and meter is not None and meter.reshapes:
             # The route answers in a shape of its own (Gemini's helpers).
-            price = self.services.pricebook.price(self.provider.name, exchange.price_model or exchange.model)[0]
-            tail = meter.reshaped(usage, credits_for(usage, price))
+            tail = meter.reshaped(usage, credits_for(usage, self.price()))
         self.count(outcome.metric)
         self.record(outcome.status, outcome.http_status, usage, error=outcome.error)
         self.deliver(outcome.answer, tail)

@@ -9,7 +9,7 @@ import jinja2
 import markupsafe
 import tornado.web
 
-from ... import admin
+from ... import admin_sessions
 from ...admin import AdminError
 from ..base import BaseHandler, new_request_id
 
@@ -98,7 +98,7 @@ class AdminPage(BaseHandler):
         self.session = None
         cookie = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_HOURS / 24)
         if cookie:
-            session = await self.services.db.run(admin.admin_session, cookie.decode("utf-8", "replace"))
+            session = await self.services.db.run(admin_sessions.admin_session, cookie.decode("utf-8", "replace"))
             if session is not None and hmac.compare_digest(session.get("token", ""), self.token_tag()):
                 self.session = session
                 self.session_id = cookie.decode()

@@ -2,7 +2,7 @@
 
 import secrets
 
-from ... import admin
+from ... import admin_sessions
 from ...digest import matches_hash
 from .base import SESSION_COOKIE, SESSION_HOURS, AdminPage, safe_next
 
@@ -29,7 +29,7 @@ class LoginPage(AdminPage):
             return self.refuse(401, "Wrong admin token.", next_url)
         session_id = secrets.token_urlsafe(32)
         await self.services.db.run(
-            admin.create_admin_session, session_id, who or "admin", self.token_tag(), SESSION_HOURS * 3600
+            admin_sessions.create_admin_session, session_id, who or "admin", self.token_tag(), SESSION_HOURS * 3600
         )
         self.set_signed_cookie(SESSION_COOKIE, session_id, expires_days=SESSION_HOURS / 24, **self.cookie_options())
         self.redirect(next_url)
@@ -43,6 +43,6 @@ class LogoutPage(AdminPage):
 
     async def post(self):
         if self.session is not None:
-            await self.services.db.run(admin.delete_admin_session, self.session_id)
+            await self.services.db.run(admin_sessions.delete_admin_session, self.session_id)
         self.clear_cookie(SESSION_COOKIE, path="/admin")
         self.back("/admin/login", "You are logged out.")
