@@ -3,8 +3,8 @@ from the database, the debits charged here but not yet committed, and the
 holds of calls still running (this process's and, as published through the
 database, the other processes').
 
-`Balances` is the one owner of these figures: the proxy holds and releases,
-the usage writer charges and reports committed debits, the account cache
+`Balances` is the one owner of these figures: a proxied call holds and
+releases on its agent's `Balance` (taken from here), the usage writer charges and reports committed debits, the account cache
 and the admin handlers set the committed balance they read.
 """
 
@@ -30,6 +30,16 @@ class Balance:
         """What new calls may still use: the balance less every hold."""
         return self.committed - self.unflushed - self.held - self.held_elsewhere
 
+    def try_hold(self, amount):
+        """Hold `amount` for a call about to start, if anything is available."""
+        if self.committed - self.unflushed - self.held - self.held_elsewhere <= 0:
+            return False
+        self.held += amount
+        return True
+
+    def release(self, amount):
+        self.held -= amount
+
 
 class Balances:
     def __init__(self):
@@ -44,18 +54,7 @@ class Balances:
     def available(self, agent_id):
         return self.of(agent_id).available
 
-    # -- a call's hold ---------------------------------------------------------
-    def try_hold(self, agent_id, amount):
-        """Hold `amount` for a call about to start, if anything is available."""
-        balance = self.of(agent_id)
-        if balance.available <= 0:
-            return False
-        balance.held += amount
-        return True
-
-    def release(self, agent_id, amount):
-        self.of(agent_id).held -= amount
-
+    # -- holds (a call holds and releases on its agent's Balance) ----------------
     def holds(self):
         """This process's holds, agent id -> amount (published for the others)."""
         return {agent_id: b.held for agent_id, b in self.agents.items() if b.held}

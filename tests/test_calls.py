@@ -169,7 +169,7 @@ def call_state(model="gpt-4o-mini", route_path="/v1/chat/completions", first_byt
     route, _ = OPENAI.match(route_path, "POST")
     exchange = Exchange(request_id="req_1", route=route, path=route_path, model=model, stream=True)
     return CallState("req_1", OPENAI, KeyEntry(7, 3, None, False), AgentEntry(3, "bot", frozenset(), Decimal(1)),
-                     exchange, datetime.datetime(2026, 12, 2, 8, 0), 100.0,
+                     exchange, datetime.datetime(2026, 12, 2, 8, 0), 100.0, Balances().of(3),
                      first_byte_at=None if first_byte_after is None else 100.0 + first_byte_after)
 
 
@@ -196,7 +196,7 @@ def test_build_record_prices_and_observes():
 def test_build_record_of_an_unpriced_model_and_a_pass_through_path():
     book = PriceBook(fallbacks={"openai": Price.of(input="5", output="20")})
     state = call_state(model="mystery", route_path="/v1/files", first_byte_after=None)
-    state.exchange.route = None
+    assert state.route_name == "passthrough"
     record, observations = build_record(state, UsageStatus.ERROR, 0, Usage(input_tokens=10), book, 100.0,
                                         error="x" * 600)
     assert record["fallback_price"] is True and record["route"] == "/v1/files"
@@ -221,13 +221,15 @@ def test_metrics_observe_counts_and_times():
 def test_balances_hold_charge_and_commit():
     balances = Balances()
     balances.set_committed(1, Decimal("1.00"))
-    assert balances.try_hold(1, Decimal("0.75"))
+    balance = balances.of(1)
+    assert balances.of(1) is balance  # calls in flight keep theirs
+    assert balance.try_hold(Decimal("0.75"))
     # Anything left lets a call start; its hold may go past the balance.
-    assert balances.try_hold(1, Decimal("0.50"))
+    assert balance.try_hold(Decimal("0.50"))
     assert balances.available(1) == Decimal("-0.25")
-    assert not balances.try_hold(1, Decimal("0.01"))
+    assert not balance.try_hold(Decimal("0.01"))
     assert balances.holds() == {1: Decimal("1.25")}
-    balances.release(1, Decimal("0.75"))
+    balance.release(Decimal("0.75"))
     balances.charge(1, Decimal("0.10"))
     assert balances.of(1).balance == Decimal("0.90") and balances.available(1) == Decimal("0.40")
     # The debit is committed and the database's balance read again: no double count.

@@ -24,14 +24,15 @@ class CallState:
     exchange: object  # providers.Exchange
     started_at: object  # naive UTC datetime
     t0: float  # time.monotonic() at arrival
+    balance: object  # credits.Balance of the agent
+    route_name: str = ""  # the route's label in records and metrics
     first_byte_at: float | None = None
     held: object = 0  # credits held while the call runs
     recorded: bool = False
 
-    @property
-    def route_name(self):
+    def __post_init__(self):
         route = self.exchange.route
-        return route.name if route is not None else "passthrough"
+        self.route_name = route.name if route is not None else "passthrough"
 
 
 def status_class(status):

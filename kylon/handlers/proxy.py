@@ -95,13 +95,13 @@ class ProxyHandler(BaseHandler):
             refusal = admission.key_refusal(agent, presented, self.key_refusal_messages)
             metrics.child(metrics.REJECTED, provider.name, refusal.reason).inc()
             return self.send_kylon_error(refusal.status, refusal.message)
-        self.call = CallState(self.request_id, provider, key, agent, self.exchange, started_at, t0)
+        balance = services.balances.of(agent.agent_id)
+        self.call = CallState(self.request_id, provider, key, agent, self.exchange, started_at, t0, balance)
         services.open_calls.add(self)
         limit = services.settings.max_body_bytes
-        available = services.balances.available(agent.agent_id)
         method = self.request.method
         refusal = admission.check_call(
-            provider, route, allowed, path, method, agent.skills, available, services.cache.gates
+            provider, route, allowed, path, method, agent.skills, balance.available, services.cache.gates
         ) or admission.check_declared_size(self.request.headers.get("Content-Length"), limit)
         if refusal is not None:
             return self.reject(refusal)
@@ -241,7 +241,7 @@ class ProxyHandler(BaseHandler):
         """Hold the call's likely maximum cost while it runs (released in record())."""
         call = self.call
         hold = credits_for(self.provider.hold_usage(self.exchange), self.price())
-        if not self.services.balances.try_hold(call.agent.agent_id, hold):
+        if not call.balance.try_hold(hold):
             return False
         call.held = hold
         return True
@@ -389,7 +389,7 @@ class ProxyHandler(BaseHandler):
         services = self.services
         services.open_calls.discard(self)
         if call.held:
-            services.balances.release(call.agent.agent_id, call.held)
+            call.balance.release(call.held)
             call.held = 0
         upstream_id = upstream_request_id(self.provider, self.exchange.response_headers)
         record, observations = build_record(
