@@ -94,8 +94,9 @@ def test_upload_urls(kylon, fake_gemini, agent_key):
     [
         ({}, ["'files' is required"]),
         ({"files": []}, ["'files' is required"]),
-        ({"files": [{"mime_type": "application/zip", "size_bytes": 10}]}, ["application/zip", "files[0]"]),
+        ({"files": [{"mime_type": 7, "size_bytes": 10}]}, ["files[0].mime_type is required"]),
         ({"files": [{"size_bytes": 10}]}, ["mime_type is required"]),
+        ({"files": [{"mime_type": "text/plain\r\nX-Evil: 1", "size_bytes": 10}]}, ["printable"]),
         ({"files": [{"mime_type": "application/pdf", "size_bytes": 0}]}, ["size_bytes"]),
         ({"files": [{"mime_type": "application/pdf", "size_bytes": "12"}]}, ["size_bytes"]),
         ({"files": [{"mime_type": "application/pdf", "size_bytes": 1}] * 21}, ["At most 20"]),
@@ -109,6 +110,16 @@ def test_upload_urls_refuses_bad_requests(kylon, fake_gemini, agent_key, body, w
     assert fake_gemini.received == []
     record = kylon.usage(r.headers["x-kylon-request-id"])
     assert record["status"] == "rejected" and record["http_status"] == 400
+
+
+@pytest.mark.parametrize("mime_type", ["application/zip", "application/octet-stream", "model/x-kylon-test"])
+def test_upload_urls_pass_any_mime_type_to_gemini(kylon, fake_gemini, agent_key, mime_type):
+    """The provider decides which types it accepts, not the gateway (issue 12)."""
+    _, key = agent_key
+    r = helper(kylon, key, "files/upload-urls", {"files": [{"mime_type": mime_type, "size_bytes": 10}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["files"][0]["mime_type"] == mime_type
+    assert fake_gemini.last().headers["x-goog-upload-header-content-type"] == mime_type
 
 
 def test_direct_upload_urls(make_kylon, fakes):
