@@ -24,8 +24,9 @@ from kylon.billing import PriceBook
 from kylon.credits import Balances
 from kylon.db import DatabaseWorker, repeat
 from kylon.handlers import NotFoundHandler, admin_pages, default_handlers
+from kylon.gates import seed_gates
 from kylon.handlers.admin_api import token_hash
-from kylon.models import Gate, Setting, open_database
+from kylon.models import Setting, open_database
 from kylon.providers import load_providers, secret_query_params
 from kylon.server import KylonHTTPServer
 from kylon.services import Services
@@ -55,18 +56,6 @@ def ensure_cookie_secret():
     if row is None:
         row = Setting.create(name="cookie_secret", value=secrets.token_urlsafe(48))
     return row.value
-
-
-def seed_gates(providers):
-    """The gates providers ship with, written once; after that they are the
-    operator's data (a deleted gate stays deleted)."""
-    if Setting.get_or_none(Setting.name == "gates_seeded") is not None:
-        return
-    for provider in providers.values():
-        for route, skill in provider.default_gates.items():
-            if not Gate.select().where((Gate.provider == provider.name) & (Gate.route == route)).exists():
-                Gate.create(provider=provider.name, route=route, skill=skill)
-    Setting.create(name="gates_seeded", value="1")
 
 
 def make_app(services, cookie_secret):

@@ -13,11 +13,12 @@ import datetime
 import secrets
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 from .db import repeat
 from .digest import sha256_hex
+from .gates import GateTable  # noqa: F401 (kylon.auth.GateTable, as before)
 from .models import Agent, AgentSkill, ApiKey, CreditHold, Gate, utcnow
 
 
@@ -55,22 +56,6 @@ class AgentEntry:
     skills: frozenset
     # The agent's balance as read with it (handed to credits.Balances).
     db_balance: Decimal
-
-
-@dataclass
-class GateTable:
-    # (provider, route prefix) -> skill; route "" covers the whole provider.
-    rules: dict = field(default_factory=dict)
-
-    def required_skill(self, provider, path):
-        best = None
-        for (gate_provider, route), skill in self.rules.items():
-            if gate_provider != provider:
-                continue
-            if route == "" or path == route or path.startswith(route.rstrip("/") + "/"):
-                if best is None or len(route) > len(best[0]):
-                    best = (route, skill)
-        return best[1] if best else None
 
 
 def _load_keys(hashes):

@@ -12,6 +12,7 @@ import urllib.parse
 from typing import NamedTuple
 
 from ..auth import KEY_PREFIX
+from ..gates import missing_skill_message
 
 
 class Refusal(NamedTuple):
@@ -71,7 +72,7 @@ def check_call(provider, route, allowed, path, method, skills, available, gates)
         return Refusal(503, provider.missing_configuration(), "not_configured")
     skill = gates.required_skill(provider.name, path)
     if skill and skill not in skills:
-        return Refusal(403, f"This agent lacks the skill '{skill}', which {provider.name} requires.", "gate")
+        return Refusal(403, missing_skill_message(skill, provider.name), "gate")
     if available <= 0:
         return Refusal(402, OUT_OF_CREDITS, "credits")
     return None

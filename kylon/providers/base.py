@@ -133,8 +133,11 @@ class Provider:
     passthrough = False
     prices: dict = {}
     fallback_price = Price()
-    # Gates shipped with the provider: route prefix ("" for all) -> skill.
+    # Gates shipped with the provider: route prefix ("" for all) -> skill,
+    # written once into each database (kylon/gates.py, docs/gates.md).
     default_gates: dict = {}
+    # Shipped gates a later release took back: route -> the skill shipped.
+    retired_gates: dict = {}
     # Fields Kylon itself reads from a JSON request body, and the type each
     # must have (a wrong type is refused with 400 before anything goes upstream).
     checked_fields = {"model": str, "stream": bool, "max_tokens": int}

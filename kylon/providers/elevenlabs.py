@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from ..billing import Price, Usage
 from ..errors import error_code
+from ..gates import CREDENTIALS, UNMETERED
 from .base import Provider, Route
 
 # What ElevenLabs uses when the request names no model.
@@ -46,7 +47,38 @@ class ElevenLabs(Provider):
     # The SDK's header first; a Bearer token is what its async token hook sends.
     client_key_headers = ("xi-api-key", "authorization", "x-api-key")
     passthrough = True
-    default_gates = {"": "elevenlabs"}
+    # The provider needs its skill; the ways around the meter need the
+    # operator's reserved skills (docs/gates.md says why, path by path).
+    default_gates = {
+        "": "elevenlabs",
+        # Tokens and signed URLs the client then uses with ElevenLabs directly.
+        "/v1/single-use-token": CREDENTIALS,
+        "/v1/convai/conversation/get-signed-url": CREDENTIALS,
+        "/v1/convai/conversation/get_signed_url": CREDENTIALS,
+        "/v1/convai/conversation/token": CREDENTIALS,
+        "/v1/convai/realtime/client_secrets": CREDENTIALS,
+        # API keys of service accounts; members, invites and keys of the workspace.
+        "/v1/service-accounts": CREDENTIALS,
+        "/v1/workspace": CREDENTIALS,
+        "/v1/workspaces": CREDENTIALS,
+        # Billed by ElevenLabs without a `character-cost` header: Kylon would charge nothing.
+        "/v1/speech-to-text": UNMETERED,
+        "/v1/sound-generation": UNMETERED,
+        "/v1/music": UNMETERED,
+        "/v1/dubbing": UNMETERED,
+        "/v1/speech-to-speech": UNMETERED,
+        "/v1/voice-changer": UNMETERED,
+        "/v1/audio-isolation": UNMETERED,
+        "/v1/text-to-voice": UNMETERED,
+        "/v1/forced-alignment": UNMETERED,
+        "/v1/studio": UNMETERED,
+        "/v1/projects": UNMETERED,
+        "/v1/audio-native": UNMETERED,
+        "/v1/flows": UNMETERED,
+        "/v1/productions": UNMETERED,
+        # Conversational agents run (and are billed per minute) on ElevenLabs' side.
+        "/v1/convai": UNMETERED,
+    }
     upstream_id_headers = ("request-id",)
 
     routes = [

@@ -17,6 +17,7 @@ import re
 from urllib.parse import unquote
 
 from ...billing import Price, Usage
+from ...gates import CREDENTIALS, UNMETERED
 from ..base import Provider, Route, integer, json_or_none, member
 from . import helpers
 
@@ -93,6 +94,23 @@ class Gemini(Provider):
     upstream_id_headers = ("x-goog-request-id",)
     # Its key may come as ?key=, and Kylon's upload URLs carry a session token.
     secret_query_params = ("key", "upload_id")
+    # `*` is one path segment's text (any API version, any model); docs/gates.md.
+    default_gates = {
+        # Ephemeral tokens for the Live API, used with Google directly.
+        "/*/auth_tokens": CREDENTIALS,
+        # No usage in the answer: Kylon would bill a guess from the request's size.
+        "/*/models/*:predict": UNMETERED,
+        "/*/models/*:predictLongRunning": UNMETERED,
+        "/*/models/*:batchGenerateContent": UNMETERED,
+        "/*/models/*:asyncBatchEmbedContent": UNMETERED,
+        # Billed per token-hour of storage, and at creation.
+        "/*/cachedContents": UNMETERED,
+        "/*/interactions": UNMETERED,
+        "/*/fileSearchStores": UNMETERED,
+        "/upload/*/fileSearchStores": UNMETERED,
+        "/*/tunedModels": UNMETERED,
+        "/*/tuningJobs": UNMETERED,
+    }
 
     routes = [
         Route(_VERSION + r"/models/[^/:]+:generateContent", "generateContent", read_usage=gemini_usage),
