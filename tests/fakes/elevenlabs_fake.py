@@ -148,6 +148,21 @@ class TextToDialogue(ElevenLabsHandler):
         self.finish(audio_for(text, CHUNK))
 
 
+class SingleUseToken(ElevenLabsHandler):
+    def post(self, token_type):
+        self.finish({"token": f"sutkn_fake_{token_type}"})
+
+
+class SignedUrl(ElevenLabsHandler):
+    def get(self, spelling):
+        self.finish({"signed_url": "wss://api.elevenlabs.io/v1/convai/conversation?conversation_signature=fake"})
+
+
+class ConversationToken(ElevenLabsHandler):
+    def get(self):
+        self.finish({"token": "fake-webrtc-token"})
+
+
 class FakeElevenLabs(FakeServer):
     def __init__(self, api_key="sk_operator_elevenlabs_secret"):
         self.api_key = api_key
@@ -160,6 +175,10 @@ class FakeElevenLabs(FakeServer):
                 (r"/v1/history", History),
                 (r"/v1/history/([^/]+)", HistoryItem),
                 (r"/v1/text-to-dialogue", TextToDialogue),
+                # Paths that mint credentials (closed by Kylon's default gates).
+                (r"/v1/single-use-token/([^/]+)", SingleUseToken),
+                (r"/v1/convai/conversation/(get-signed-url|get_signed_url)", SignedUrl),
+                (r"/v1/convai/conversation/token", ConversationToken),
             ]
         )
 

@@ -225,6 +225,15 @@ class File(GeminiHandler):
         self.finish({})
 
 
+class AuthTokens(GeminiHandler):
+    """POST /v1alpha/auth_tokens: an ephemeral token for the Live API."""
+
+    def post(self, version):
+        if not self.check_auth():
+            return
+        self.finish({"name": "auth_tokens/fake-ephemeral-token"})
+
+
 class FakeGemini(FakeServer):
     def __init__(self, api_key="AIza-operator-gemini-secret"):
         self.api_key = api_key
@@ -238,6 +247,8 @@ class FakeGemini(FakeServer):
                 (r"/upload/(v1|v1beta)/files", UploadStart),
                 (r"/(v1|v1beta)/files", Files),
                 (r"/(v1|v1beta)/files/([a-z0-9-]+)", File),
+                # Google decodes the path: auth%5Ftokens is auth_tokens.
+                (r"/(v1|v1beta|v1alpha)/auth(?:_|%5F)tokens", AuthTokens),
             ]
         )
 
