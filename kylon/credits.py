@@ -72,6 +72,17 @@ class Balances:
         """The usage writer committed that debit: it is now in the database's balance."""
         self.of(agent_id).unflushed -= credits
 
+    def shown(self, agent):
+        """An agent as an admin read it from the database (a dict with
+        "credits"), its balance less this process's debits not yet committed.
+        Called on the IOLoop once the read is back: a batch the database had
+        committed before the read has been reported by then (one database
+        thread, answers in order), so no debit counts twice or not at all."""
+        balance = self.agents.get(agent["id"])
+        if balance is None or not balance.unflushed:
+            return agent
+        return {**agent, "credits": str(Decimal(agent["credits"]) - balance.unflushed)}
+
     def set_committed(self, agent_id, value):
         """The database's balance, read after every debit committed so far
         (debits still pending stay unflushed)."""

@@ -5,16 +5,19 @@ upstream until the operator grants the reserved skill. Shipped gates reach an
 existing database once (docs/gates.md)."""
 
 import types
+from decimal import Decimal
 
 import httpx
+import openai
 import pytest
 from elevenlabs import ElevenLabs
 from elevenlabs.core.api_error import ApiError
 from google import genai
 from google.genai import errors as genai_errors
+from playhouse.db_url import connect
 
 from kylon.gates import CREDENTIALS, UNMETERED, seed_gates
-from kylon.models import Gate, Setting, open_database
+from kylon.models import Agent, Gate, Setting, UsageRecord, open_database
 from kylon.providers import load_providers
 
 from .conftest import CREATED_SECRETS, drop_database, scratch_database_url
@@ -194,3 +197,34 @@ def test_a_new_database_gets_every_shipped_gate(tmp_path_factory):
         assert places() == shipped and ("elevenlabs", "") in shipped
     finally:
         db.close()
+
+
+# -- read-your-writes: admin reads include debits not yet committed --------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_an_answered_call_is_in_the_balance_the_admin_reads_at_once(kind, make_kylon, tmp_path_factory):
+    url = scratch_database_url(kind, tmp_path_factory)
+    # Batches written every 30 s: the debit is surely not committed when read.
+    kylon = make_kylon({"KYLON_USAGE_FLUSH_SECONDS": "30"}, database_url=url)
+    try:
+        agent, key = kylon.agent_with_key("100")
+        CREATED_SECRETS.add(key)
+        c = openai.OpenAI(base_url=kylon.url + "/proxy/openai/v1", api_key=key, max_retries=0)
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+        shown = kylon.balance(agent["id"])
+        listed = {a["id"]: a for a in kylon.admin("GET", "/agents").json()["data"]}[agent["id"]]
+        assert kylon.admin("GET", "/usage", params={"agent_id": agent["id"]}).json()["data"] == []
+        assert shown < Decimal("100") and Decimal(listed["credits"]) == shown
+        granted = kylon.admin("POST", f"/agents/{agent['id']}/credits", json={"amount": "1"}).json()
+        assert Decimal(granted["credits"]) == shown + 1
+        kylon.stop()  # writes every record
+        db = connect(url)
+        with db.bind_ctx([Agent, UsageRecord]):
+            assert Agent.get_by_id(agent["id"]).credits == shown + 1
+            (record,) = UsageRecord.select().where(UsageRecord.agent_id == agent["id"])
+            assert Decimal("100") - record.credits == shown
+        db.close()
+    finally:
+        kylon.stop()
+        drop_database(url)

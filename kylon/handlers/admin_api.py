@@ -41,8 +41,9 @@ class AdminAPIHandler(BaseHandler):
             raise AdminError(400, "The request body must be a JSON object.")
         return body
 
-    async def call(self, fn, *args, status=200, **kwargs):
-        """Run an admin function on the database thread and answer with its result."""
+    async def call(self, fn, *args, status=200, shown=None, **kwargs):
+        """Run an admin function on the database thread and answer with its
+        result (as `shown` presents it, if given); returns the result itself."""
         try:
             result = await self.services.db.run(fn, *args, **kwargs)
         except AdminError as e:
@@ -52,7 +53,7 @@ class AdminAPIHandler(BaseHandler):
             self.set_status(204)
             self.finish()
         else:
-            self.write_json(result, status)
+            self.write_json(shown(result) if shown else result, status)
         return result
 
     async def run(self, coroutine_fn):
@@ -64,7 +65,8 @@ class AdminAPIHandler(BaseHandler):
 
 class AgentsHandler(AdminAPIHandler):
     async def get(self):
-        await self.call(lambda: {"data": admin.list_agents()})
+        shown = self.services.balances.shown
+        await self.call(admin.list_agents, shown=lambda agents: {"data": [shown(a) for a in agents]})
 
     async def post(self):
         async def work():
@@ -78,12 +80,13 @@ class AgentsHandler(AdminAPIHandler):
 
 class AgentHandler(AdminAPIHandler):
     async def get(self, agent_id):
-        await self.call(admin.agent_detail, agent_id)
+        await self.call(admin.agent_detail, agent_id, shown=self.services.balances.shown)
 
     async def patch(self, agent_id):
         async def work():
             body = self.json_body()
-            result = await self.call(admin.update_agent, agent_id, body.get("name"), body.get("skills"))
+            result = await self.call(admin.update_agent, agent_id, body.get("name"), body.get("skills"),
+                                     shown=self.services.balances.shown)
             if result is not None:
                 self.services.cache.update_agent(result["id"], skills=result["skills"])
 
@@ -94,7 +97,8 @@ class CreditsHandler(AdminAPIHandler):
     async def post(self, agent_id):
         async def work():
             body = self.json_body()
-            result = await self.call(admin.adjust_credits, agent_id, body.get("amount"), body.get("note") or "")
+            result = await self.call(admin.adjust_credits, agent_id, body.get("amount"), body.get("note") or "",
+                                     shown=self.services.balances.shown)
             if result is not None:
                 self.services.cache.update_agent(result["id"], db_balance=Decimal(result["credits"]))
 

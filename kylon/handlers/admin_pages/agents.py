@@ -19,6 +19,8 @@ class AgentsPage(AdminPage):
 
     async def get(self):
         agents = await self.services.db.run(admin.list_agents)
+        # Balances less the debits this process has not committed yet.
+        agents = [self.services.balances.shown(a) for a in agents]
         self.render_page("agents.html", agents=agents)
 
     async def post(self):
@@ -46,6 +48,7 @@ class AgentPage(AdminPage):
             data = await self.services.db.run(work)
         except AdminError as e:
             raise tornado.web.HTTPError(e.status, e.message)
+        data["agent"] = self.services.balances.shown(data["agent"])
         self.render_page("agent.html", **data)
 
 
@@ -77,5 +80,6 @@ class AgentCreditsPage(AdminPage):
         if result is not None:
             self.services.cache.update_agent(result["id"], db_balance=Decimal(result["credits"]))
             verb = "Granted" if value > 0 else "Deducted"
-            self.flash(f"{verb} {format_credits(abs(value))} credits; balance {format_credits(result['credits'])}.")
+            balance = self.services.balances.shown(result)["credits"]
+            self.flash(f"{verb} {format_credits(abs(value))} credits; balance {format_credits(balance)}.")
         self.redirect(url)
