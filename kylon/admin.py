@@ -6,6 +6,7 @@ in one place.
 """
 
 import datetime
+import re
 from decimal import Decimal, InvalidOperation
 
 import peewee
@@ -33,15 +34,28 @@ class AdminError(Exception):
         self.message = message
 
 
+# Credits are kept to the nano-credit (9 decimal places, models.NANO).
+MAX_DECIMALS = 9
+# A decimal as people write it: no exponent, underscores, spaces or signs but "-".
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def parse_amount(value, field="amount"):
+    """A credit amount or price: a JSON number or a plain decimal string, with
+    at most MAX_DECIMALS decimal places (so nothing is rounded away: "1E-30"
+    is not silently 0), under 10^9 in size."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise AdminError(400, f"'{field}' must be a decimal number or string.")
+    if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
+        raise AdminError(400, f"'{field}' is not a plain decimal number (like 12.5): {value[:40]!r}.")
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise AdminError(400, f"'{field}' is not a decimal number: {value!r}.")
     if not amount.is_finite() or abs(amount) >= Decimal(10) ** 9:
         raise AdminError(400, f"'{field}' is out of range.")
+    if amount.as_tuple().exponent < -MAX_DECIMALS:
+        raise AdminError(400, f"'{field}' has more than {MAX_DECIMALS} decimal places.")
     return amount
 
 
@@ -75,6 +89,8 @@ def create_agent(name, skills=(), credits=0, actor="admin"):
         raise AdminError(400, "'name' is required.")
     skills = parse_skills(list(skills))
     credits = parse_amount(credits, "credits")
+    if credits < 0:
+        raise AdminError(400, "'credits' must not be negative.")
     with database.atomic():
         agent = Agent.create(name=name.strip()[:200], credits=credits)
         for skill in skills:
