@@ -6,7 +6,8 @@ The order of a call: find the provider and route → authenticate the Kylon key
 check the body → hold the call's likely cost → forward with the operator's
 credential → relay the answer as it arrives while the meter reads usage →
 classify the outcome → the usage record. Every call that got past
-authentication leaves exactly one usage record, whatever happens after.
+authentication leaves exactly one usage record, whatever happens after, but
+for a body the HTTP layer refuses as malformed (counted instead).
 
 A provider's own handlers (Gemini's uploads) subclass this one and override
 its hooks: `authenticate`, `shape_response_headers`, `error_headers`; a call

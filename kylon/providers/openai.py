@@ -268,8 +268,8 @@ def image_count(request):
     digits; 1 when absent or not a count (OpenAI refuses those itself). Any
     count is held, up to MAX_COPIES (more than any balance covers)."""
     n = request.get("n")
-    if isinstance(n, str) and n.isascii() and n.strip().isdigit() and len(n) < 20:
-        n = int(n)
+    if isinstance(n, str) and n.isascii() and n.strip().isdigit():
+        n = int(n) if len(n) < 20 else MAX_COPIES
     return min(n, MAX_COPIES) if type(n) is int and n > 0 else 1
 
 
