@@ -6,6 +6,7 @@ in one place.
 """
 
 import datetime
+import re
 from decimal import Decimal, InvalidOperation
 
 import peewee
@@ -33,15 +34,28 @@ class AdminError(Exception):
         self.message = message
 
 
+# Credits are kept to the nano-credit (9 decimal places, models.NANO).
+MAX_DECIMALS = 9
+# A decimal as people write it: no exponent, underscores, spaces or signs but "-".
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def parse_amount(value, field="amount"):
+    """A credit amount or price: a JSON number or a plain decimal string, with
+    at most MAX_DECIMALS decimal places (so nothing is rounded away: "1E-30"
+    is not silently 0), under 10^9 in size."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise AdminError(400, f"'{field}' must be a decimal number or string.")
+    if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
+        raise AdminError(400, f"'{field}' is not a plain decimal number (like 12.5): {value[:40]!r}.")
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise AdminError(400, f"'{field}' is not a decimal number: {value!r}.")
     if not amount.is_finite() or abs(amount) >= Decimal(10) ** 9:
         raise AdminError(400, f"'{field}' is out of range.")
+    if amount.as_tuple().exponent < -MAX_DECIMALS:
+        raise AdminError(400, f"'{field}' has more than {MAX_DECIMALS} decimal places.")
     return amount
 
 
@@ -63,10 +77,23 @@ def agent_dict(agent, skills=None):
     }
 
 
+# Row ids are signed 64-bit integers in both databases: a larger number names no row.
+MAX_ID = 2**63 - 1
+
+
+def row_id(value):
+    """An id from a URL or query (digits), or None when it cannot name a row."""
+    try:
+        number = int(value)
+    except (ValueError, TypeError):
+        return None
+    return number if 0 <= number <= MAX_ID else None
+
+
 def get_agent(agent_id):
     try:
-        return Agent.get_by_id(int(agent_id))
-    except (Agent.DoesNotExist, ValueError, TypeError):
+        return Agent.get_by_id(row_id(agent_id))
+    except Agent.DoesNotExist:
         raise AdminError(404, f"No agent with id {agent_id}.")
 
 
@@ -75,6 +102,8 @@ def create_agent(name, skills=(), credits=0, actor="admin"):
         raise AdminError(400, "'name' is required.")
     skills = parse_skills(list(skills))
     credits = parse_amount(credits, "credits")
+    if credits < 0:
+        raise AdminError(400, "'credits' must not be negative.")
     with database.atomic():
         agent = Agent.create(name=name.strip()[:200], credits=credits)
         for skill in skills:
@@ -128,7 +157,7 @@ def ledger(agent_id, limit=100):
     get_agent(agent_id)
     rows = (
         CreditLedger.select()
-        .where(CreditLedger.agent == int(agent_id))
+        .where(CreditLedger.agent == row_id(agent_id))
         .order_by(CreditLedger.id.desc())
         .limit(limit)
     )
@@ -190,14 +219,14 @@ def key_dict(row):
 def list_keys(agent_id=None):
     query = ApiKey.select().order_by(ApiKey.id)
     if agent_id is not None:
-        query = query.where(ApiKey.agent == int(agent_id))
+        query = query.where(ApiKey.agent == row_id(agent_id))
     return [key_dict(r) for r in query]
 
 
 def revoke_key(key_id):
     try:
-        row = ApiKey.get_by_id(int(key_id))
-    except (ApiKey.DoesNotExist, ValueError):
+        row = ApiKey.get_by_id(row_id(key_id))
+    except ApiKey.DoesNotExist:
         raise AdminError(404, f"No key with id {key_id}.")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
@@ -224,10 +253,10 @@ def usage_query(filters):
     q = UsageRecord.select()
     for field in ("agent_id", "key_id"):
         if filters.get(field) not in (None, ""):
-            try:
-                q = q.where(getattr(UsageRecord, field) == int(filters[field]))
-            except ValueError:
+            number = row_id(filters[field])
+            if number is None:
                 raise AdminError(400, f"'{field}' must be a number.")
+            q = q.where(getattr(UsageRecord, field) == number)
     for field in ("provider", "status", "model", "route", "request_id"):
         if filters.get(field):
             q = q.where(getattr(UsageRecord, field) == filters[field])
@@ -243,7 +272,7 @@ def usage_query(filters):
 def list_usage(filters, limit=100, offset=0):
     limit = max(1, min(int(limit), 1000))
     q = usage_query(filters).order_by(UsageRecord.started_at.desc(), UsageRecord.id.desc())
-    return [usage_dict(r) for r in q.limit(limit).offset(max(0, int(offset)))]
+    return [usage_dict(r) for r in q.limit(limit).offset(min(max(0, int(offset)), MAX_ID))]
 
 
 def usage_totals(filters):
@@ -260,8 +289,6 @@ def usage_totals(filters):
         "output_tokens": int(row[2] or 0),
         "credits": str(from_nano(row[3] or 0)),
     }
-
-
 
 
 def list_price_overrides():
@@ -310,7 +337,7 @@ def set_gate(provider, route, skill):
 
 
 def delete_gate(gate_id):
-    deleted = Gate.delete().where(Gate.id == int(gate_id)).execute()
+    deleted = Gate.delete().where(Gate.id == row_id(gate_id)).execute()
     if not deleted:
         raise AdminError(404, f"No gate with id {gate_id}.")
 

@@ -31,7 +31,8 @@ class Balance:
         return self.committed - self.unflushed - self.held - self.held_elsewhere
 
     def try_hold(self, amount):
-        """Hold `amount` for a call about to start, if anything is available."""
+        """Hold `amount` for a call about to start, if anything is available
+        (admission.check_hold has already checked the call alone fits the balance)."""
         if self.committed - self.unflushed - self.held - self.held_elsewhere <= 0:
             return False
         self.held += amount

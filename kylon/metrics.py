@@ -60,6 +60,12 @@ REJECTED = Counter(
     "Proxy calls refused by Kylon before reaching upstream, by provider and reason.",
     ["provider", "reason"],
 )
+MALFORMED = Counter(
+    "kylon_malformed_requests_total",
+    "Proxy requests refused for their HTTP framing (conflicting or bad Content-Length or "
+    "Transfer-Encoding, bad chunk sizes), by provider; they leave no usage record.",
+    ["provider"],
+)
 USAGE_PENDING = Gauge(
     "kylon_usage_records_pending",
     "Usage records waiting to be written to the database.",

@@ -62,6 +62,15 @@ class WatchedRequest(httputil.HTTPMessageDelegate):
         return self.delegate.on_connection_close()
 
 
+def refused_as_malformed(request_conn):
+    """Whether Tornado itself ended this request's connection for a malformed
+    message (a bad chunk size). It then answers 400 and closes the connection
+    (which ends its _finish_future) before it tells the handler; a client
+    that went away, or was cut off by the sweep, leaves that future pending."""
+    finish = getattr(request_conn, "_finish_future", None)
+    return finish is not None and finish.done()
+
+
 def _nodelay_stays_on(value):
     pass
 

@@ -5,6 +5,7 @@ import datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, strategies as st
 
 from kylon import metrics, relay
 from kylon.auth import AgentEntry, GateTable, KeyEntry
@@ -101,6 +102,53 @@ def test_bad_bodies(body, words):
 def test_a_good_body():
     assert admission.read_json_body(OPENAI, b'{"model": "gpt-4o", "max_tokens": 3}') == (
         {"model": "gpt-4o", "max_tokens": 3}, None)
+
+
+@pytest.mark.parametrize("content_length, transfer_encoding, framed", [
+    (None, None, True), ("12", None, True), (None, "chunked", True), (None, "Chunked", True),
+    ("5", "chunked", False), ("5,6", None, False), ("5,5", None, False), ("-1", None, False),
+    ("\u0661", None, False), (None, "gzip", False), (None, "chunked, gzip", False),
+])
+def test_framing_is_checked_before_the_key(content_length, transfer_encoding, framed):
+    refusal = admission.check_framing(content_length, transfer_encoding)
+    assert (refusal is None) == framed
+    if refusal is not None:
+        assert (refusal.status, refusal.reason) == (400, "framing")
+
+
+MINI = Price.of(input="0.15", output="0.60")
+
+
+def test_a_hold_must_fit_the_balance():
+    usage = Usage(input_tokens=100, output_tokens=1000)  # 0.000615 credits at gpt-4o-mini's prices
+    assert admission.check_hold(usage, MINI, Decimal("0.000615")) == (Decimal("0.000615000"), None)
+    hold, refusal = admission.check_hold(usage, MINI, Decimal("0.0000117"))
+    assert hold is None and (refusal.status, refusal.reason) == (402, "credits")
+    assert refusal.message == "This call may cost up to 0.000615 credits; the agent's balance is 0.0000117."
+    # A hold too large for 28 digits is refused, not an error.
+    huge = Usage(output_tokens=10**16)
+    hold, refusal = admission.check_hold(huge, Price.of(output="999999999"), Decimal(10**8))
+    assert hold is None and refusal.status == 402
+
+
+@given(balance=st.decimals(min_value=Decimal("0.000000001"), max_value=Decimal(1000), places=9),
+       holds=st.lists(st.decimals(min_value=Decimal(0), max_value=Decimal(2000), places=9), max_size=30))
+def test_running_holds_stay_under_twice_the_balance(balance, holds):
+    """The overdraft bound stated in README ("Holds"): whatever calls come, the
+    ones admitted hold less than 2 x the balance together (when nothing else
+    has been charged), so the agent ends above -balance."""
+    balances = Balances()
+    balances.set_committed(1, balance)
+    account = balances.of(1)
+    for amount in holds:
+        usage = Usage(units=amount, unit="credits")
+        if admission.check_call(OPENAI, OPENAI.routes[0], True, "/v1/chat/completions", "POST", frozenset(),
+                                account.available, GateTable()) is not None:
+            continue
+        hold, refusal = admission.check_hold(usage, Price.of(per_unit=1), account.balance)
+        if refusal is None:
+            assert account.try_hold(hold)
+    assert account.held < 2 * balance
 
 
 # -- outcome ------------------------------------------------------------------

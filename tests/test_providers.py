@@ -236,3 +236,57 @@ def test_secret_query_names_come_from_the_providers():
     log = AccessLog(secret_params=("sig",))
     assert log.redact("/x?sig=abc&key=k") == "/x?sig=[redacted]&key=k"
     assert AccessLog().redact("/u?upload_id=kus_1&alt=sse") == "/u?upload_id=[redacted]&alt=sse"
+
+
+# -- holds count every multiplier (issue 15) -------------------------------------------
+
+
+def test_an_image_call_holds_every_image_it_asks_for():
+    openai = PROVIDERS["openai"]
+    call = exchange("openai", "images.generations", request_json={"n": 1_000_000})
+    assert openai.hold_usage(call).units == 1_000_000
+    for n, held in [(0, 1), (-3, 1), ("7", 7), ("x", 1), (True, 1), ("9" * 30, 10**8), (10**30, 10**8)]:
+        assert openai.hold_usage(exchange("openai", "images.generations", request_json={"n": n})).units == held
+    form = (b"--b\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n40\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nPNG\r\n--b--\r\n")
+    edit = exchange("openai", "images.edits", request_bytes=len(form))
+    openai.prepare_request(edit, form)
+    assert openai.hold_usage(edit) == Usage(output_tokens=40 * HOLD_IMAGE_OUTPUT_TOKENS, units=Decimal(40))
+    edit = exchange("openai", "images.edits")
+    openai.prepare_request(edit, b'{"model": "gpt-image-1", "n": 3, "images": []}')
+    assert openai.hold_usage(edit).units == 3
+
+
+def test_gemini_holds_every_candidate():
+    gemini = PROVIDERS["gemini"]
+
+    def held(config):
+        return gemini.hold_usage(exchange("gemini", request_json={"generationConfig": config})).output_tokens
+
+    assert held({"maxOutputTokens": 100, "candidateCount": 8}) == 800
+    assert held({"candidateCount": 2}) == 2 * Provider.default_hold_output_tokens
+    assert held({"maxOutputTokens": 100}) == 100 and held({"maxOutputTokens": 100, "candidateCount": 1}) == 100
+
+
+def test_elevenlabs_holds_the_texts_characters():
+    elevenlabs = PROVIDERS["elevenlabs"]
+    call = exchange("elevenlabs", "text_to_speech", request_json={"text": "x" * 5000})
+    assert elevenlabs.hold_usage(call) == Usage(unit="characters", units=Decimal(5000))
+    assert elevenlabs.hold_usage(exchange("elevenlabs", "text_to_speech", request_json={"text": 5})).units == 0
+
+
+@pytest.mark.parametrize("name, body, problem", [
+    ("openai", {"max_tokens": 10**27}, "'max_tokens' must be between 0 and 100000000."),
+    ("openai", {"max_completion_tokens": -1}, "'max_completion_tokens' must be between 0 and 100000000."),
+    ("openai", {"n": 0}, "'n' must be between 1 and 100000000."),
+    ("openai", {"n": "3"}, "'n' must be an integer."),
+    ("anthropic", {"max_tokens": 10**8 + 1}, "'max_tokens' must be between 0 and 100000000."),
+    ("gemini", {"generationConfig": {"maxOutputTokens": 10**27}},
+     "'generationConfig.maxOutputTokens' must be between 0 and 100000000."),
+    ("gemini", {"generationConfig": {"candidateCount": 1.5}}, "'generationConfig.candidateCount' must be an integer."),
+    ("gemini", {"generationConfig": []}, "'generationConfig' must be an object."),
+    ("openai", {"max_tokens": 10**8, "n": 10**8}, None),
+    ("gemini", {"generationConfig": {"maxOutputTokens": 0, "candidateCount": 8}}, None),
+])
+def test_token_limits_and_counts_outside_any_providers_range_are_refused(name, body, problem):
+    assert PROVIDERS[name].body_problem(body) == problem

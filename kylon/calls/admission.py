@@ -1,17 +1,21 @@
 """Whether a proxied call may go upstream.
 
-The checks, in the order a client meets them: the Kylon key (401), the path
-and method (400/404/405), the provider's configuration (503), the gate (403),
-credits (402), the declared body size (413); once the body is read, its JSON
-(400). Each returns a Refusal, or None when the call may go on.
+The checks, in the order a client meets them: the body's framing (400, before
+the key), the Kylon key (401, or 429 while an address keeps sending bad ones),
+the path and method (400/404/405), the provider's configuration (503), the
+gate (403), credits (402), the declared body size (413); once the body is
+read, its JSON (400) and the hold (402). Each returns a Refusal, or None when
+the call may go on.
 """
 
+import decimal
 import json
 import re
 import urllib.parse
 from typing import NamedTuple
 
 from ..auth import KEY_PREFIX
+from ..billing import credits_for
 from ..gates import missing_skill_message
 
 
@@ -28,6 +32,23 @@ KEY_REFUSALS = {
     "revoked": "This Kylon API key has been revoked.",
     "expired": "This Kylon API key has expired.",
 }
+
+
+BAD_KEYS_THROTTLED = "Too many bad Kylon API keys from your address: wait and try again."
+
+
+def check_framing(content_length, transfer_encoding):
+    """The body's framing headers (strings or None), checked before the key so
+    that a request the HTTP layer will refuse leaves no usage record: one
+    Content-Length of digits (Tornado joins repeated ones with commas), or
+    Transfer-Encoding: chunked alone."""
+    if transfer_encoding is not None:
+        if content_length is not None or transfer_encoding.lower() != "chunked":
+            return Refusal(400, "Conflicting or unsupported body framing (Content-Length, Transfer-Encoding).",
+                           "framing")
+    elif content_length is not None and not (content_length.isascii() and content_length.isdigit()):
+        return Refusal(400, "Invalid Content-Length header.", "framing")
+    return None
 
 
 def key_refusal(reason, presented, messages=None):
@@ -78,6 +99,24 @@ def check_call(provider, route, allowed, path, method, skills, available, gates)
     return None
 
 
+def check_hold(usage, price, balance):
+    """(the credits a call holds, None) or (None, Refusal): the most the call
+    may use (Provider.hold_usage) at its price, against the agent's balance.
+    Calls already running are not counted here: check_call refused the call
+    if their holds left nothing available. So a call starts only when it alone
+    could be paid for, and running calls together hold less than twice the
+    balance (README, "Holds")."""
+    try:
+        hold = credits_for(usage, price)
+    except decimal.InvalidOperation:
+        # Beyond 28 digits (limits at their maximum, priced absurdly): no balance covers it.
+        return None, Refusal(402, "This call may cost more than any balance can cover.", "credits")
+    if hold > balance:
+        return None, Refusal(402, f"This call may cost up to {hold.normalize():f} credits; "
+                                  f"the agent's balance is {balance.normalize():f}.", "credits")
+    return hold, None
+
+
 def check_declared_size(content_length, limit):
     """The Content-Length header (a string or None) against the body limit."""
     if content_length is None:
@@ -103,3 +142,22 @@ def read_json_body(provider, body):
     if problem:
         return None, Refusal(400, problem)
     return request_json, None
+
+
+def read_request(provider, exchange, body):
+    """(the body to send, None) or (None, Refusal): the JSON read, its model
+    and stream flag noted on the exchange, and the route's rewrite applied
+    (which may refuse the request with a ValueError)."""
+    request_json, refusal = read_json_body(provider, body)
+    if refusal is not None:
+        return None, refusal
+    exchange.request_json = request_json
+    exchange.model = request_json.get("model") or ""
+    exchange.stream = request_json.get("stream") is True
+    rewrite = exchange.route.rewrite
+    try:
+        if rewrite is not None and rewrite(exchange, request_json):
+            body = json.dumps(request_json, ensure_ascii=False).encode("utf-8")
+    except ValueError as e:
+        return None, Refusal(400, str(e))
+    return body, None

@@ -21,15 +21,11 @@ class AdminAPIHandler(BaseHandler):
     async def prepare(self):
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
         expected = self.services.admin_token_hash
-        throttle = self.services.admin_tokens
-        address = self.request.remote_ip or ""
-        right = await throttle.check(address, lambda: scheme.lower() == "bearer" and matches_hash(token, expected))
-        if right is None:
-            # send_kylon_error clears headers: build the 429 here to keep Retry-After.
-            self.set_header("Retry-After", str(throttle.retry_after(address)))
-            message = "Too many wrong admin tokens from your address: wait and try again."
-            self.write_json(self.error_body(429, message), 429)
-        elif not right:
+        right = await self.throttled_check(
+            self.services.admin_tokens, lambda: scheme.lower() == "bearer" and matches_hash(token, expected),
+            "Too many wrong admin tokens from your address: wait and try again.",
+        )
+        if right is False:
             self.send_kylon_error(401, "Admin API needs 'Authorization: Bearer <admin token>'.")
 
     def json_body(self):

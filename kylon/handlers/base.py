@@ -79,16 +79,27 @@ class BaseHandler(tornado.web.RequestHandler):
         to the provider's `error_body`, in the shape its SDK expects."""
         return openai_error_body(status, message, code)
 
-    def send_kylon_error(self, status, message, code=None):
+    def send_kylon_error(self, status, message, code=None, headers=None):
         """Finish with one of Kylon's own errors, in the route's provider shape."""
         if self._finished:
             return
         self.clear()
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        for name, value in self.error_headers().items():
+        for name, value in {**self.error_headers(), **(headers or {})}.items():
             self.set_header(name, value)
         self.finish(json.dumps(self.error_body(status, message, code)))
+
+    async def throttled_check(self, throttle, is_right, message):
+        """One credential check under a FailureThrottle, per client address
+        (`remote_ip`: with xheaders on, the address the trusted proxy names).
+        True when right; False when wrong, after the throttle's delay (the
+        caller answers); None when refused at once: the 429 is sent here."""
+        address = self.request.remote_ip or ""
+        right = await throttle.check(address, is_right)
+        if right is None:
+            self.send_kylon_error(429, message, headers={"Retry-After": str(throttle.retry_after(address))})
+        return right
 
     def error_headers(self):
         """Headers of Kylon's own errors on this handler, besides the usual ones."""

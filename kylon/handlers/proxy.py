@@ -6,7 +6,8 @@ The order of a call: find the provider and route → authenticate the Kylon key
 check the body → hold the call's likely cost → forward with the operator's
 credential → relay the answer as it arrives while the meter reads usage →
 classify the outcome → the usage record. Every call that got past
-authentication leaves exactly one usage record, whatever happens after.
+authentication leaves exactly one usage record, whatever happens after, but
+for a body the HTTP layer refuses as malformed (counted instead).
 
 A provider's own handlers (Gemini's uploads) subclass this one and override
 its hooks: `authenticate`, `shape_response_headers`, `error_headers`; a call
@@ -15,7 +16,6 @@ still ends through `call_upstream` and `finish_call`.
 """
 
 import asyncio
-import json
 import logging
 import time
 
@@ -30,6 +30,7 @@ from ..calls.record import CallState, build_record
 from ..meter import ResponseMeter, settle_usage
 from ..models import UsageStatus, utcnow
 from ..providers import Exchange
+from ..server import refused_as_malformed
 from .base import BaseHandler
 
 log = logging.getLogger("kylon.proxy")
@@ -80,6 +81,12 @@ class ProxyHandler(BaseHandler):
         route, allowed = provider.match(path, self.request.method)
         query = without_kylon_keys(provider.upstream_query(self.request.query))
         self.exchange = Exchange(request_id=self.request_id, route=route, path=path, query=query)
+        headers = self.request.headers
+        refusal = admission.check_framing(headers.get("Content-Length"), headers.get("Transfer-Encoding"))
+        if refusal is not None:
+            # The HTTP layer refuses it too: counted, never recorded on the key's agent.
+            metrics.child(metrics.MALFORMED, provider.name).inc()
+            return self.send_kylon_error(refusal.status, refusal.message)
         try:
             key, agent = await self.authenticate()
         except Exception as e:
@@ -87,14 +94,7 @@ class ProxyHandler(BaseHandler):
             log.warning("key lookup failed: %s", e)
             return self.send_kylon_error(503, "Kylon cannot check this key right now (database unavailable).")
         if key is None:
-            # Repeated bad keys from one address are answered ever more slowly.
-            delay = services.bad_keys.record_failure(self.request.remote_ip)
-            if delay:
-                await asyncio.sleep(delay)
-            presented = bool(provider.client_key(self.request))
-            refusal = admission.key_refusal(agent, presented, self.key_refusal_messages)
-            metrics.child(metrics.REJECTED, provider.name, refusal.reason).inc()
-            return self.send_kylon_error(refusal.status, refusal.message)
+            return await self.refuse_key(agent)
         balance = services.balances.of(agent.agent_id)
         self.call = CallState(self.request_id, provider, key, agent, self.exchange, started_at, t0, balance)
         services.open_calls.add(self)
@@ -108,6 +108,17 @@ class ProxyHandler(BaseHandler):
         # Kylon's own check (data_received) answers 413; Tornado's guard, set
         # higher, only catches a single chunk far beyond the limit (with a 400).
         self.request.connection.set_max_body_size(2 * limit)
+
+    async def refuse_key(self, reason):
+        """A bad key: 401, answered ever more slowly as one address keeps
+        sending them, 429 while several already wait (the admin token's
+        policy). A good key does not clear the count: one valid key must not
+        buy an address fresh guesses."""
+        metrics.child(metrics.REJECTED, self.provider.name, "key").inc()
+        if await self.throttled_check(self.services.bad_keys, _wrong, admission.BAD_KEYS_THROTTLED) is not None:
+            presented = bool(self.provider.client_key(self.request))
+            refusal = admission.key_refusal(reason, presented, self.key_refusal_messages)
+            self.send_kylon_error(refusal.status, refusal.message)
 
     async def authenticate(self):
         """(KeyEntry, AgentEntry) for the call's Kylon key, or (None, reason).
@@ -203,8 +214,9 @@ class ProxyHandler(BaseHandler):
         if refusal is not None:
             return self.reject(Refusal(refusal[0], refusal[1], "provider"))
         body = provider.prepare_request(exchange, body)
-        if not self.hold_credits():
-            return self.reject(Refusal(402, OUT_OF_CREDITS, "credits"))
+        refusal = self.hold_credits()
+        if refusal is not None:
+            return self.reject(refusal)
         if self.upload is not None:
             # What the provider saw goes first; the rest follows as it arrives.
             self.upload.put_first(body)
@@ -219,32 +231,20 @@ class ProxyHandler(BaseHandler):
         self.finish_call(transfer)
 
     def read_json(self, body):
-        """(the body to send, None) or (None, Refusal): the JSON read, its
-        model and stream flag noted, and the route's rewrite applied (which
-        may refuse the request with a ValueError)."""
-        exchange = self.exchange
-        request_json, refusal = admission.read_json_body(self.provider, body)
-        if refusal is not None:
-            return None, refusal
-        exchange.request_json = request_json
-        exchange.model = request_json.get("model") or ""
-        exchange.stream = request_json.get("stream") is True
-        rewrite = exchange.route.rewrite
-        try:
-            if rewrite is not None and rewrite(exchange, request_json):
-                body = json.dumps(request_json, ensure_ascii=False).encode("utf-8")
-        except ValueError as e:
-            return None, Refusal(400, str(e))
-        return body, None
+        """(the body to send, None) or (None, Refusal): see admission.read_request."""
+        return admission.read_request(self.provider, self.exchange, body)
 
     def hold_credits(self):
-        """Hold the call's likely maximum cost while it runs (released in record())."""
+        """Hold the most the call may cost while it runs (released in
+        record()); a Refusal when the agent cannot cover it."""
         call = self.call
-        hold = credits_for(self.provider.hold_usage(self.exchange), self.price())
-        if not call.balance.try_hold(hold):
-            return False
-        call.held = hold
-        return True
+        hold, refusal = admission.check_hold(self.provider.hold_usage(self.exchange), self.price(),
+                                             call.balance.balance)
+        if refusal is None and not call.balance.try_hold(hold):
+            refusal = Refusal(402, OUT_OF_CREDITS, "credits")
+        if refusal is None:
+            call.held = hold
+        return refusal
 
     def price(self):
         exchange = self.exchange
@@ -365,9 +365,16 @@ class ProxyHandler(BaseHandler):
     # -- bookkeeping ---------------------------------------------------------
     def on_connection_close(self):
         self.client_gone = True
-        if self.upstream is None and not self.body_read and self.call is not None:
-            # Gone (or timed out) while still sending its request.
-            self.record(UsageStatus.DISCONNECTED, 499, Usage(), error="client left before its request was complete")
+        call = self.call
+        if self.upstream is None and not self.body_read and call is not None and not call.recorded:
+            if refused_as_malformed(self.request.connection):
+                # A bad chunk size, answered 400 by the HTTP layer: nothing
+                # went upstream, nothing is recorded on the key's agent.
+                metrics.child(metrics.MALFORMED, self.provider.name).inc()
+                self.release(call)
+            else:
+                # Gone (or timed out) while still sending its request.
+                self.record(UsageStatus.DISCONNECTED, 499, Usage(), error="client left before its request was complete")
         if self.upstream is not None:
             self.upstream.cancel()
 
@@ -380,23 +387,31 @@ class ProxyHandler(BaseHandler):
     def on_finish(self):
         self.services.open_calls.discard(self)
 
+    def release(self, call):
+        """The call is over: its hold goes back, it is no longer open."""
+        call.recorded = True
+        self.services.open_calls.discard(self)
+        if call.held:
+            call.balance.release(call.held)
+            call.held = 0
+
     def record(self, status, http_status, usage, error=""):
         """The call's one usage record, priced and handed to the batch writer."""
         call = self.call
         if call is None or call.recorded:
             return
-        call.recorded = True
+        self.release(call)
         services = self.services
-        services.open_calls.discard(self)
-        if call.held:
-            call.balance.release(call.held)
-            call.held = 0
         upstream_id = upstream_request_id(self.provider, self.exchange.response_headers)
         record, observations = build_record(
             call, status, http_status, usage, services.pricebook, time.monotonic(), error or "", upstream_id
         )
         metrics.observe(observations)
         services.writer.add(record)
+
+
+def _wrong():
+    return False
 
 
 default_handlers = [(r"/proxy/([^/]+)(/.*)?", ProxyHandler)]

@@ -21,6 +21,10 @@ from ..errors import openai_error_body
 SECRET_QUERY_PARAMS = ("key", "api_key", "access_token", "token")
 # How body_problem names the types of checked_fields.
 TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer"}
+# More output tokens, or copies of an answer, than any provider gives one call:
+# a larger figure is refused (400) rather than held.
+MAX_TOKENS = 10**8
+MAX_COPIES = 10**8
 
 
 @dataclass
@@ -141,6 +145,8 @@ class Provider:
     # Fields Kylon itself reads from a JSON request body, and the type each
     # must have (a wrong type is refused with 400 before anything goes upstream).
     checked_fields = {"model": str, "stream": bool, "max_tokens": int}
+    # The range each integer of checked_fields must be in (after its type).
+    bounded_fields = {"max_tokens": (0, MAX_TOKENS)}
     # Query parameters of this provider's URLs that carry a secret, besides
     # SECRET_QUERY_PARAMS: the access log never shows their values.
     secret_query_params = ()
@@ -212,11 +218,16 @@ class Provider:
         return None
 
     def body_problem(self, body):
-        """A clear message when a field of `checked_fields` has the wrong type, else None."""
+        """A clear message when a field of `checked_fields` has the wrong type
+        or one of `bounded_fields` is out of its range, else None."""
         for name, wanted in self.checked_fields.items():
             value = body.get(name)
             if value is not None and type(value) is not wanted:
                 return f"'{name}' must be {TYPE_NAMES[wanted]}."
+        for name, (low, high) in self.bounded_fields.items():
+            problem = range_problem(name, body.get(name), low, high)
+            if problem:
+                return problem
         return None
 
     def prepare_request(self, exchange, body):
@@ -267,6 +278,14 @@ class Provider:
         if route is not None and route.usage_from_headers is not None:
             return route.usage_from_headers(exchange, headers)
         return None
+
+
+def range_problem(name, value, low, high):
+    """The 400 message for an integer field outside [low, high]; None when it
+    is in range or not an integer (a type the type checks name)."""
+    if type(value) is int and not low <= value <= high:
+        return f"'{name}' must be between {low} and {high}."
+    return None
 
 
 def json_or_none(data):

@@ -39,6 +39,12 @@ def characters(count, estimated=False):
     return Usage(unit="characters", units=Decimal(count), estimated=estimated)
 
 
+def tts_hold(exchange):
+    """Text to speech costs its text's characters: that is what a call holds."""
+    text = (exchange.request_json or {}).get("text")
+    return characters(len(text) if isinstance(text, str) else 0)
+
+
 class ElevenLabs(Provider):
     name = "elevenlabs"
     api_key_env = "ELEVENLABS_API_KEY"
@@ -83,10 +89,11 @@ class ElevenLabs(Provider):
 
     routes = [
         # Binary audio/mpeg, or JSON with /with-timestamps.
-        Route(r"/v1/text-to-speech/[^/]+(/with-timestamps)?", "text_to_speech", rewrite=read_tts_request),
+        Route(r"/v1/text-to-speech/[^/]+(/with-timestamps)?", "text_to_speech", rewrite=read_tts_request,
+              hold=tts_hold),
         # Chunked audio (not SSE), or NDJSON with /with-timestamps.
         Route(r"/v1/text-to-speech/[^/]+/stream(/with-timestamps)?", "text_to_speech.stream",
-              rewrite=read_tts_stream_request),
+              rewrite=read_tts_stream_request, hold=tts_hold),
     ]
 
     # Credits per character (1 credit = 1 USD): ElevenLabs' Creator-plan rate of

@@ -13,7 +13,7 @@ import re
 from decimal import Decimal
 
 from ..billing import Price, Usage
-from .base import Provider, Route, error_message, integer, json_or_none, member
+from .base import MAX_COPIES, MAX_TOKENS, Provider, Route, error_message, integer, json_or_none, member
 
 # Chat chunks carry `"usage":null` on every event once usage is requested; only
 # a chunk with a real usage object needs parsing.
@@ -147,7 +147,7 @@ HOLD_IMAGE_OUTPUT_TOKENS = 6240
 # OpenAI uses gpt-image-1 rather than its default dall-e-2.
 _GPT_IMAGE_ONLY = ("background", "moderation", "output_compression", "output_format", "partial_images",
                    "input_fidelity", "stream")
-_IMAGE_FIELDS = ("model", "stream", "size", "quality", "prompt") + _GPT_IMAGE_ONLY
+_IMAGE_FIELDS = ("model", "stream", "size", "quality", "prompt", "n") + _GPT_IMAGE_ONLY
 
 
 def image_usage(body):
@@ -250,20 +250,34 @@ def multipart_fields(body, names):
 
 
 def read_edit_request(exchange, body):
-    """An edit is JSON (image URLs) or multipart (files); both go upstream as they came."""
+    """An edit is JSON (image URLs) or multipart (files); both go upstream as
+    they came. What was read (the JSON, or the form's text fields) is kept as
+    the request's fields: the hold reads its `n` there."""
     if body.lstrip()[:1] == b"{":
-        describe_image_call(exchange, json_or_none(body) or {})
+        exchange.request_json = json_or_none(body) or {}
+        describe_image_call(exchange, exchange.request_json)
     else:
-        describe_image_call(exchange, *multipart_fields(body, _IMAGE_FIELDS))
+        fields, whole = multipart_fields(body, _IMAGE_FIELDS)
+        exchange.request_json = fields
+        describe_image_call(exchange, fields, whole)
     return body
+
+
+def image_count(request):
+    """The images a call asks for: `n`, a JSON integer or a form field's
+    digits; 1 when absent or not a count (OpenAI refuses those itself). Any
+    count is held, up to MAX_COPIES (more than any balance covers)."""
+    n = request.get("n")
+    if isinstance(n, str) and n.isascii() and n.strip().isdigit():
+        n = int(n) if len(n) < 20 else MAX_COPIES
+    return min(n, MAX_COPIES) if type(n) is int and n > 0 else 1
 
 
 def image_hold(exchange):
     """Per image, the dearest answer (a large high-quality GPT image is 6,240
     output tokens; DALL-E, one image). Uploaded image bytes are not text
     tokens: a large edit must not hold as if it were a long prompt."""
-    n = (exchange.request_json or {}).get("n")
-    n = n if isinstance(n, int) and 0 < n <= 10 else 1
+    n = image_count(exchange.request_json or {})
     return Usage(output_tokens=HOLD_IMAGE_OUTPUT_TOKENS * n, units=Decimal(n))
 
 
@@ -288,7 +302,9 @@ IMAGE_PRICES = {
 class OpenAICompatible(Provider):
     """What OpenAI's API and the APIs shaped like it (Cerebras, OpenRouter) share."""
 
-    checked_fields = {**Provider.checked_fields, "max_completion_tokens": int, "max_output_tokens": int}
+    checked_fields = {**Provider.checked_fields, "max_completion_tokens": int, "max_output_tokens": int, "n": int}
+    bounded_fields = {"max_tokens": (0, MAX_TOKENS), "max_completion_tokens": (0, MAX_TOKENS),
+                      "max_output_tokens": (0, MAX_TOKENS), "n": (1, MAX_COPIES)}
     # Chat's current field, the Responses API's, then chat's older one.
     output_limit_fields = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from ...billing import Price, Usage
 from ...gates import CREDENTIALS, UNMETERED
-from ..base import Provider, Route, integer, json_or_none, member
+from ..base import MAX_COPIES, MAX_TOKENS, Provider, Route, integer, json_or_none, member, range_problem
 from . import helpers
 
 _VERSION = r"/v1(?:beta|alpha)?"
@@ -200,10 +200,31 @@ class Gemini(Provider):
     def error_body(self, status, message, code=None):
         return {"error": {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}}
 
-    def output_limit(self, body):
+    def body_problem(self, body):
         config = body.get("generationConfig")
-        limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
-        return limit if isinstance(limit, int) else None
+        if config is None:
+            return super().body_problem(body)
+        if not isinstance(config, dict):
+            return "'generationConfig' must be an object."
+        for name, low, high in (("maxOutputTokens", 0, MAX_TOKENS), ("candidateCount", 1, MAX_COPIES)):
+            value = config.get(name)
+            if value is not None and type(value) is not int:
+                return f"'generationConfig.{name}' must be an integer."
+            problem = range_problem("generationConfig." + name, value, low, high)
+            if problem:
+                return problem
+        return super().body_problem(body)
+
+    def output_limit(self, body):
+        """maxOutputTokens, for each of candidateCount answers."""
+        config = body.get("generationConfig")
+        if not isinstance(config, dict):
+            return None
+        limit, count = config.get("maxOutputTokens"), config.get("candidateCount")
+        limit = limit if type(limit) is int else None
+        if type(count) is not int or count <= 1:
+            return limit
+        return (self.default_hold_output_tokens if limit is None else limit) * count
 
     async def ready(self, exchange):
         # The URL says what the call is: its model, and whether it streams.
