@@ -30,13 +30,9 @@ class Balance:
         """What new calls may still use: the balance less every hold."""
         return self.committed - self.unflushed - self.held - self.held_elsewhere
 
-    def try_hold(self, amount):
-        """Hold `amount` for a call about to start, if anything is available
-        (admission.check_hold has already checked the call alone fits the balance)."""
-        if self.committed - self.unflushed - self.held - self.held_elsewhere <= 0:
-            return False
+    def hold(self, amount):
+        """Hold `amount` for a call about to start (admission checked it fits)."""
         self.held += amount
-        return True
 
     def release(self, amount):
         self.held -= amount

@@ -124,7 +124,8 @@ def test_a_hold_must_fit_the_balance():
     assert admission.check_hold(usage, MINI, Decimal("0.000615")) == (Decimal("0.000615000"), None)
     hold, refusal = admission.check_hold(usage, MINI, Decimal("0.0000117"))
     assert hold is None and (refusal.status, refusal.reason) == (402, "credits")
-    assert refusal.message == "This call may cost up to 0.000615 credits; the agent's balance is 0.0000117."
+    assert refusal.message == ("This call may cost up to 0.000615 credits; the agent has 0.0000117 available "
+                               "(its balance less what its running calls hold).")
     # A hold too large for 28 digits is refused, not an error.
     huge = Usage(output_tokens=10**16)
     hold, refusal = admission.check_hold(huge, Price.of(output="999999999"), Decimal(10**8))
@@ -133,10 +134,9 @@ def test_a_hold_must_fit_the_balance():
 
 @given(balance=st.decimals(min_value=Decimal("0.000000001"), max_value=Decimal(1000), places=9),
        holds=st.lists(st.decimals(min_value=Decimal(0), max_value=Decimal(2000), places=9), max_size=30))
-def test_running_holds_stay_under_twice_the_balance(balance, holds):
-    """The overdraft bound stated in README ("Holds"): whatever calls come, the
-    ones admitted hold less than 2 x the balance together (when nothing else
-    has been charged), so the agent ends above -balance."""
+def test_running_holds_never_exceed_the_balance(balance, holds):
+    """The bound stated in README ("Holds"): whatever calls come, the ones
+    admitted on one process hold at most the balance together."""
     balances = Balances()
     balances.set_committed(1, balance)
     account = balances.of(1)
@@ -145,10 +145,10 @@ def test_running_holds_stay_under_twice_the_balance(balance, holds):
         if admission.check_call(OPENAI, OPENAI.routes[0], True, "/v1/chat/completions", "POST", frozenset(),
                                 account.available, GateTable()) is not None:
             continue
-        hold, refusal = admission.check_hold(usage, Price.of(per_unit=1), account.balance)
+        hold, refusal = admission.check_hold(usage, Price.of(per_unit=1), account.available)
         if refusal is None:
-            assert account.try_hold(hold)
-    assert account.held < 2 * balance
+            account.hold(hold)
+    assert account.held <= balance
 
 
 # -- outcome ------------------------------------------------------------------
@@ -271,11 +271,9 @@ def test_balances_hold_charge_and_commit():
     balances.set_committed(1, Decimal("1.00"))
     balance = balances.of(1)
     assert balances.of(1) is balance  # calls in flight keep theirs
-    assert balance.try_hold(Decimal("0.75"))
-    # Anything left lets a call start; its hold may go past the balance.
-    assert balance.try_hold(Decimal("0.50"))
+    balance.hold(Decimal("0.75"))
+    balance.hold(Decimal("0.50"))
     assert balances.available(1) == Decimal("-0.25")
-    assert not balance.try_hold(Decimal("0.01"))
     assert balances.holds() == {1: Decimal("1.25")}
     balance.release(Decimal("0.75"))
     balances.charge(1, Decimal("0.10"))

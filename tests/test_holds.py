@@ -36,7 +36,8 @@ def test_a_million_images_are_402_and_nothing_goes_upstream(kylon, fake_openai):
     assert_refused_before_upstream(kylon, agent, answer, fake_openai)
     # dall-e-2 is 0.02 an image: the hold is what a million of them cost.
     assert answer.json()["error"]["message"] == (
-        "This call may cost up to 20000 credits; the agent's balance is 0.0000117.")
+        "This call may cost up to 20000 credits; the agent has 0.0000117 available "
+        "(its balance less what its running calls hold).")
     assert answer.json()["error"]["type"] == "insufficient_quota"
 
 
@@ -59,6 +60,17 @@ def test_a_small_balance_with_a_large_output_limit_is_402(kylon, fake_openai):
     # With no stated maximum the default output (4,096 tokens) is held, and must fit too.
     answer = post(kylon, key, "/proxy/openai/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES})
     assert_refused_before_upstream(kylon, agent, answer, fake_openai)
+
+
+def test_a_chat_call_holds_each_of_its_n_answers(kylon, fake_openai):
+    # gpt-4o-mini: 100 output tokens at 0.60 per million hold 0.00006 an answer; 50 answers do not fit.
+    agent, key = kylon.agent_with_key("0.0001")
+    fake_openai.reset()
+    answer = post(kylon, key, "/proxy/openai/v1/chat/completions",
+                  json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_completion_tokens": 100, "n": 50})
+    assert answer.status_code == 402 and "may cost up to 0.003" in answer.json()["error"]["message"]
+    assert fake_openai.received == []
+    assert kylon.usage(answer.headers["x-kylon-request-id"])["status"] == "rejected"
 
 
 def test_a_call_that_fits_goes_through(kylon, fake_openai):

@@ -137,13 +137,16 @@ def fake_total_tokens():
 
 
 def start_held_streams(k, key, count, fake):
-    """`count` streams that may write 30,000 output tokens (0.6 credits at the
-    fallback price of 20 per million, as `held-stream` has no price of its
-    own) and stay open until fake.release is set."""
+    """`count` streams that may write 24,950 output tokens (0.499 credits at the
+    20 per million set here for `held-stream`: two fit in a balance of 1, and
+    leave less than a plain gpt-4o-mini call holds) and stay open until
+    fake.release is set."""
+    k.admin("PUT", "/prices", json={"provider": "openai", "model": "held-stream",
+                                               "input": "5", "output": "20"}).raise_for_status()
     streams = []
     for _ in range(count):
         response = sdk(k, key).chat.completions.with_streaming_response.create(
-            model="held-stream", messages=MESSAGES, stream=True, max_completion_tokens=30_000
+            model="held-stream", messages=MESSAGES, stream=True, max_completion_tokens=24_950
         ).__enter__()
         next(iter(response.parse()))
         streams.append(response)
@@ -156,7 +159,7 @@ def test_holds_limit_calls_in_flight(make_kylon, fake_openai):
     fake_openai.release.clear()
     try:
         streams = start_held_streams(k, key, 2, fake_openai)
-        # 1 credit less two holds of ~0.6: nothing left for a third call.
+        # 1 credit less two holds of ~0.499: not enough left for a third call.
         assert call_status(k, key) == 402
         fake_openai.release.set()
         for response in streams:

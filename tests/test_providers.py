@@ -102,9 +102,11 @@ def test_an_image_call_holds_per_image_by_its_route():
     openai = PROVIDERS["openai"]
     call = exchange("openai", "images.generations", request_json={"n": 3, "max_tokens": 5}, request_bytes=10**8)
     assert openai.hold_usage(call) == Usage(output_tokens=3 * HOLD_IMAGE_OUTPUT_TOKENS, units=Decimal(3))
-    # The same fields on a chat call are a plain hold.
+    # On a chat call, `n` answers of at most max_tokens each.
     chat = exchange("openai", "chat.completions", request_json={"n": 3, "max_tokens": 5}, request_bytes=40)
-    assert openai.hold_usage(chat) == Usage(input_tokens=10, output_tokens=5, units=Decimal(1))
+    assert openai.hold_usage(chat) == Usage(input_tokens=10, output_tokens=15, units=Decimal(1))
+    chat = exchange("openai", "chat.completions", request_json={"n": 2}, request_bytes=40)
+    assert openai.hold_usage(chat).output_tokens == 2 * openai.default_hold_output_tokens
 
 
 def test_an_image_edit_is_read_by_its_route_prepare_and_sent_as_it_came():

@@ -99,21 +99,21 @@ def check_call(provider, route, allowed, path, method, skills, available, gates)
     return None
 
 
-def check_hold(usage, price, balance):
+def check_hold(usage, price, available):
     """(the credits a call holds, None) or (None, Refusal): the most the call
-    may use (Provider.hold_usage) at its price, against the agent's balance.
-    Calls already running are not counted here: check_call refused the call
-    if their holds left nothing available. So a call starts only when it alone
-    could be paid for, and running calls together hold less than twice the
-    balance (README, "Holds")."""
+    may use (Provider.hold_usage) at its price, against what the agent has
+    available (its balance less what running calls hold, here and in other
+    processes). So calls running together never hold more than the balance
+    (README, "Holds")."""
     try:
         hold = credits_for(usage, price)
     except decimal.InvalidOperation:
         # Beyond 28 digits (limits at their maximum, priced absurdly): no balance covers it.
         return None, Refusal(402, "This call may cost more than any balance can cover.", "credits")
-    if hold > balance:
+    if hold > available:
         return None, Refusal(402, f"This call may cost up to {hold.normalize():f} credits; "
-                                  f"the agent's balance is {balance.normalize():f}.", "credits")
+                                  f"the agent has {max(available, 0).normalize():f} available "
+                                  "(its balance less what its running calls hold).", "credits")
     return hold, None
 
 

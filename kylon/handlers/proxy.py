@@ -24,7 +24,7 @@ import tornado.web
 from .. import metrics, relay
 from ..billing import Usage, credits_for
 from ..calls import admission, outcome as outcomes
-from ..calls.admission import OUT_OF_CREDITS, Refusal, without_kylon_keys
+from ..calls.admission import Refusal, without_kylon_keys
 from ..calls.headers import copy_response_headers, upstream_header_pairs, upstream_request_id
 from ..calls.record import CallState, build_record
 from ..meter import ResponseMeter, settle_usage
@@ -239,10 +239,9 @@ class ProxyHandler(BaseHandler):
         record()); a Refusal when the agent cannot cover it."""
         call = self.call
         hold, refusal = admission.check_hold(self.provider.hold_usage(self.exchange), self.price(),
-                                             call.balance.balance)
-        if refusal is None and not call.balance.try_hold(hold):
-            refusal = Refusal(402, OUT_OF_CREDITS, "credits")
+                                             call.balance.available)
         if refusal is None:
+            call.balance.hold(hold)
             call.held = hold
         return refusal
 

@@ -308,6 +308,13 @@ class OpenAICompatible(Provider):
     # Chat's current field, the Responses API's, then chat's older one.
     output_limit_fields = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 
+    def output_limit(self, body):
+        """The output limit, for each of chat's `n` answers."""
+        limit, count = super().output_limit(body), body.get("n")
+        if type(count) is not int or count <= 1:
+            return limit
+        return (self.default_hold_output_tokens if limit is None else limit) * count
+
 
 class OpenAI(OpenAICompatible):
     name = "openai"
