@@ -205,6 +205,7 @@ class ProxyHandler(BaseHandler):
         body = provider.prepare_request(exchange, body)
         if not self.hold_credits():
             return self.reject(Refusal(402, OUT_OF_CREDITS, "credits"))
+        self.services.writer.open_call(self.call)  # journaled before anything goes upstream
         if self.upload is not None:
             # What the provider saw goes first; the rest follows as it arrives.
             self.upload.put_first(body)
@@ -269,7 +270,7 @@ class ProxyHandler(BaseHandler):
         """Hook: change the upstream's headers before anything reads them."""
 
     def upstream_headers_arrived(self, status, headers):
-        self.call.first_byte_at = time.monotonic()
+        self.call.first_byte_at, self.call.upstream_status = time.monotonic(), status
         exchange = self.exchange
         self.shape_response_headers(status, headers)
         exchange.response_headers = headers

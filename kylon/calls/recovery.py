@@ -1,0 +1,98 @@
+"""A call's lines in the journal's open-call files (kylon/journal.py), and the
+`interrupted` record of a call a killed process left open.
+
+`open_entry` is written when the call is admitted, `progress_of` once a second
+while it runs; at the next start `recovered_records` turns every call opened
+but not closed into its record, billed from its last progress (estimated).
+"""
+
+import dataclasses
+import math
+import time
+from types import SimpleNamespace
+
+from ..billing import Usage
+from ..meter import usage_so_far
+from ..models import UsageStatus
+from ..providers.base import Exchange
+from .record import CallState, build_record
+
+RECOVERED_ERROR = "Kylon stopped before the call ended (recorded from its journal at the next start)"
+
+
+def open_entry(call):
+    """Everything the call's record needs that is known at admission."""
+    exchange = call.exchange
+    entry = {
+        "open": call.request_id,
+        "agent_id": call.agent.agent_id,
+        "key_id": call.key.key_id,
+        "provider": call.provider.name,
+        "route": call.route_name if exchange.route is not None else exchange.path[:200],
+        "model": exchange.model,
+        "price_model": exchange.price_model,
+        "stream": exchange.stream,
+        "hold": call.held,
+        "started_at": call.started_at,
+        "request_bytes": exchange.request_bytes,
+    }
+    if exchange.usage is not None:
+        # Known before the call goes upstream (a free route's zero).
+        entry["usage"] = usage_fields(usage_so_far(exchange))
+    return entry
+
+
+def progress_key(call):
+    """Changes whenever the call's usage so far may have changed."""
+    exchange = call.exchange
+    usage = exchange.usage
+    return (exchange.output_events, call.upstream_status, None if usage is None else usage_fields(usage))
+
+
+def progress_of(call):
+    """(key, entry maker) for OpenCalls.checkpoint."""
+
+    def entry():
+        return {
+            "progress": call.request_id,
+            "usage": usage_fields(usage_so_far(call.exchange)),
+            "http_status": call.upstream_status,
+            "seconds": round(time.monotonic() - call.t0, 3),
+        }
+
+    return progress_key(call), entry
+
+
+def usage_fields(usage):
+    return {f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}
+
+
+def recovered_records(found, finished, pricebook):
+    """The `interrupted` records of the calls in `found` (OpenCalls.read)
+    whose request id is not among `finished` (the journaled final records)."""
+    records = []
+    for request_id, (opened, progress) in found.items():
+        if request_id not in finished:
+            records.append(recovered_record(opened, progress, pricebook))
+    return records
+
+
+def recovered_record(opened, progress, pricebook):
+    """Billed from the last progress line, else from the open entry (at
+    least the input estimate), and flagged estimated."""
+    request_id = opened["open"]
+    exchange = Exchange(request_id=request_id, route=None, path=opened["route"], model=opened["model"],
+                        price_model=opened["price_model"], stream=opened["stream"])
+    exchange.request_bytes = opened["request_bytes"]
+    fields = (progress or opened).get("usage")
+    if fields is not None:
+        usage = Usage(**fields)
+    else:
+        usage = Usage(input_tokens=math.ceil(exchange.request_bytes / 4))
+    usage.estimated = True
+    call = CallState(request_id, SimpleNamespace(name=opened["provider"]), SimpleNamespace(key_id=opened["key_id"]),
+                     SimpleNamespace(agent_id=opened["agent_id"]), exchange, opened["started_at"], 0.0, None)
+    seconds = progress["seconds"] if progress else 0.0
+    http_status = (progress["http_status"] if progress else 0) or 503
+    record, _ = build_record(call, UsageStatus.INTERRUPTED, http_status, usage, pricebook, seconds, RECOVERED_ERROR)
+    return record
