@@ -137,3 +137,67 @@ def test_reset_mid_stream_ends_the_answer_and_is_recorded(kylon, agent_key):
     assert b"[DONE]" not in body
     record = kylon.usage(request_id)
     assert record["status"] == "error" and record["estimated"] is True and record["output_tokens"] >= 1
+
+
+# -- calls in flight at a SIGKILL ----------------------------------------------------
+
+from .conftest import drop_database, scratch_database_url  # noqa: E402
+
+
+def open_held_stream(client, key):
+    """A streamed call held by the fake after its first words: (request id, stream)."""
+    stream = client.stream("POST", "/proxy/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "held-stream", "messages": MESSAGES, "stream": True})
+    response = stream.__enter__()
+    assert response.status_code == 200
+    seen = b""
+    # The iterator is kept: a dropped one would close the connection.
+    chunks = response.iter_raw()
+    while b"Hello" not in seen:
+        seen += next(chunks)
+    return response.headers["x-kylon-request-id"], (stream, chunks)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_sigkill_during_open_streams_records_each_once_as_interrupted(kind, make_kylon, fake_openai,
+                                                                       tmp_path_factory):
+    url = scratch_database_url(kind, tmp_path_factory)
+    k = make_kylon(database_url=url)
+    agent, key = k.agent_with_key("100")
+    limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
+    client = httpx.Client(base_url=k.url, limits=limits, timeout=10)
+    fake_openai.release.clear()
+    streams = []
+    try:
+        ids = []
+        for _ in range(20):
+            request_id, stream = open_held_stream(client, key)
+            ids.append(request_id)
+            streams.append(stream)
+        time.sleep(1.5)  # a progress checkpoint with the words relayed so far
+        k.stop(signal.SIGKILL)
+    finally:
+        fake_openai.release.set()
+        for stream, _ in streams:
+            try:
+                stream.__exit__(None, None, None)
+            except httpx.HTTPError:
+                pass
+        client.close()
+    try:
+        k.start()  # same port, database and journal directory
+        records = [k.usage(request_id) for request_id in ids]
+        for record in records:
+            assert record["status"] == "interrupted" and record["estimated"] is True
+            assert Decimal(record["credits"]) > 0 and record["input_tokens"] > 0 and record["output_tokens"] >= 1
+        charged = sum(Decimal(r["credits"]) for r in records)
+        assert k.balance(agent["id"]) == Decimal("100") - charged
+        # A second restart records nothing twice.
+        k.stop(signal.SIGKILL)
+        k.start()
+        time.sleep(0.5)
+        assert len(k.usage_for_agent(agent["id"], 20)) == 20
+        assert k.balance(agent["id"]) == Decimal("100") - charged
+    finally:
+        k.stop()
+        drop_database(url)
