@@ -209,10 +209,10 @@ class OpenCalls:
         files left by an earlier run, in the order the calls were opened."""
         found = {}
         for entry in read_lines(self.files()):
-            if "open" in entry:
-                previous = found.get(entry["open"])
-                found[entry["open"]] = (entry, previous[1] if previous else None)
-            elif "progress" in entry and entry["progress"] in found:
+            if isinstance(entry, list) and entry[:1] == ["open"]:
+                previous = found.get(entry[1])
+                found[entry[1]] = (entry, previous[1] if previous else None)
+            elif isinstance(entry, dict) and entry.get("progress") in found:
                 found[entry["progress"]] = (found[entry["progress"]][0], entry)
         return found
 

@@ -22,7 +22,7 @@ from decimal import Decimal
 import peewee
 
 from . import metrics
-from .calls.recovery import open_entry, progress_key, progress_of, recovered_records
+from .calls.recovery import open_entry, progress_of, recovered_records
 from .journal import Journal  # noqa: F401 (app.py builds it from here)
 from .models import Agent, UsageRecord, database
 
@@ -179,7 +179,6 @@ class UsageWriter:
         """An admitted call, journaled before anything goes upstream."""
         if self.journal is not None:
             self.journal.calls.open(call, open_entry(call))
-            call.progress = progress_key(call)
 
     def add(self, record):
         journal = self.journal

@@ -7,6 +7,7 @@ but not closed into its record, billed from its last progress (estimated).
 """
 
 import dataclasses
+import datetime
 import math
 import time
 from types import SimpleNamespace
@@ -20,33 +21,43 @@ from .record import CallState, build_record
 RECOVERED_ERROR = "Kylon stopped before the call ended (recorded from its journal at the next start)"
 
 
+# An open line is a JSON list, "open" and then these, in this order: a list
+# of plain values is the cheapest line to encode (it is written for every call).
+OPEN_FIELDS = ("request_id", "agent_id", "key_id", "provider", "route", "model", "price_model", "stream", "hold",
+               "started_at", "request_bytes", "usage")
+
+
 def open_entry(call):
     """Everything the call's record needs that is known at admission."""
     exchange = call.exchange
-    entry = {
-        "open": call.request_id,
-        "agent_id": call.agent.agent_id,
-        "key_id": call.key.key_id,
-        "provider": call.provider.name,
-        "route": call.route_name if exchange.route is not None else exchange.path[:200],
-        "model": exchange.model,
-        "price_model": exchange.price_model,
-        "stream": exchange.stream,
-        "hold": call.held,
-        "started_at": call.started_at,
-        "request_bytes": exchange.request_bytes,
-    }
+    entry = [
+        "open", call.request_id, call.agent.agent_id, call.key.key_id, call.provider.name,
+        call.route_name if exchange.route is not None else exchange.path[:200], exchange.model,
+        exchange.price_model, exchange.stream, str(call.held), call.started_at.isoformat(), exchange.request_bytes,
+    ]
     if exchange.usage is not None:
         # Known before the call goes upstream (a free route's zero).
-        entry["usage"] = usage_fields(usage_so_far(exchange))
+        entry.append(usage_fields(usage_so_far(exchange)))
     return entry
 
 
+def read_open_entry(entry):
+    """An open line's list, as a dict of OPEN_FIELDS."""
+    opened = dict(zip(OPEN_FIELDS, entry[1:]))
+    opened["started_at"] = datetime.datetime.fromisoformat(opened["started_at"])
+    return opened
+
+
 def progress_key(call):
-    """Changes whenever the call's usage so far may have changed."""
+    """Changes whenever the call's usage so far may have changed; None while
+    nothing is known but what the open line says."""
     exchange = call.exchange
     usage = exchange.usage
-    return (exchange.output_events, call.upstream_status, None if usage is None else usage_fields(usage))
+    if usage is None:
+        if not exchange.output_events and not call.upstream_status:
+            return None
+        return exchange.output_events, call.upstream_status
+    return exchange.output_events, call.upstream_status, usage_fields(usage)
 
 
 def progress_of(call):
@@ -80,11 +91,12 @@ def recovered_records(found, finished, pricebook):
 def recovered_record(opened, progress, pricebook):
     """Billed from the last progress line, else from the open entry (at
     least the input estimate), and flagged estimated."""
-    request_id = opened["open"]
+    opened = read_open_entry(opened)
+    request_id = opened["request_id"]
     exchange = Exchange(request_id=request_id, route=None, path=opened["route"], model=opened["model"],
                         price_model=opened["price_model"], stream=opened["stream"])
     exchange.request_bytes = opened["request_bytes"]
-    fields = (progress or opened).get("usage")
+    fields = (progress or opened).get("usage")  # (the open entry's: a free call)
     if fields is not None:
         usage = Usage(**fields)
     else:
