@@ -170,6 +170,12 @@ class OpenCalls:
         self.live[call.request_id] = call
         self._write(line, 1)
 
+    def answered(self, call, entry):
+        """A progress line written at once, the call's last: the whole answer is going out."""
+        call.answered = True
+        call.progress_line = line = encode_line(entry)
+        self._write(line, 1)
+
     def close(self, request_id):
         """Its final record is journaled: nothing more to write for it."""
         self.live.pop(request_id, None)
@@ -180,6 +186,8 @@ class OpenCalls:
         cheap comparable key, and a function making the line's entry."""
         lines = []
         for call in self.live.values():
+            if call.answered:
+                continue
             key, entry = progress_of(call)
             if key != call.progress:
                 call.progress = key

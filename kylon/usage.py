@@ -22,7 +22,7 @@ from decimal import Decimal
 import peewee
 
 from . import metrics
-from .calls.recovery import open_entry, progress_of, recovered_records
+from .calls.recovery import answer_entry, open_entry, progress_of, recovered_records
 from .journal import Journal  # noqa: F401 (app.py builds it from here)
 from .models import Agent, UsageRecord, database
 
@@ -179,6 +179,13 @@ class UsageWriter:
         """An admitted call, journaled before anything goes upstream."""
         if self.journal is not None:
             self.journal.calls.open(call, open_entry(call))
+
+    def answered(self, call):
+        """A stream's last events go out next: its figures are journaled first."""
+        if self.journal is not None:
+            entry = answer_entry(call)
+            if entry is not None:
+                self.journal.calls.answered(call, entry)
 
     def add(self, record):
         journal = self.journal

@@ -38,6 +38,23 @@ def test_sigkill_loses_no_completed_call(make_kylon):
     assert len(k.usage_for_agent(agent["id"], 6)) == 6
 
 
+def test_sigkill_after_the_last_event_before_the_transfer_ends_is_completed(make_kylon):
+    """The SDK stops at [DONE]; the upstream ends its response 3 s later:
+    killed in between, the call is recorded completed from its final usage."""
+    k = make_kylon({"KYLON_USAGE_FLUSH_SECONDS": "60"})
+    _, key = k.agent_with_key("1")
+    client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini-linger-after-done", messages=MESSAGES, stream=True
+    ) as response:
+        request_id = response.headers["x-kylon-request-id"]
+        list(response.parse())
+        k.stop(signal.SIGKILL)
+    k.start()
+    record = k.usage(request_id)
+    assert (record["status"], record["estimated"], record["output_tokens"]) == ("completed", False, 12)
+
+
 def test_database_away_for_30_seconds(make_kylon):
     """SQLite locked by another writer for 30 s: known keys keep working, the
     records wait and are written once when the database is back."""

@@ -96,6 +96,31 @@ def test_a_free_call_stays_free(tmp_path):
     assert record["credits"] == 0 and record["estimated"] is True
 
 
+def test_a_stream_whose_last_events_went_out_is_recovered_completed(tmp_path):
+    """An SDK stops reading at [DONE]: killed before the transfer ends, the
+    call is still complete, billed from the provider's figures."""
+    from kylon.usage import UsageWriter
+
+    journal = Journal(str(tmp_path), "usage-h-1")
+    writer = UsageWriter(None, None, journal=journal)
+    call = admitted(journal, "req_done")
+    call.upstream_status = 200
+    call.exchange.output_events = 6
+    call.exchange.usage, call.exchange.usage_final = Usage(input_tokens=9, output_tokens=12), True
+    writer.answered(call)
+    call.exchange.output_events = 7
+    journal.calls.checkpoint(progress_of)  # nothing after the last line
+    assert len(lines(journal)) == 2
+    (record,) = recovered_records(journal.calls.read(), set(), BOOK)
+    assert (record["status"], record["http_status"], record["estimated"]) == ("completed", 200, False)
+    assert (record["input_tokens"], record["output_tokens"], record["error"]) == (9, 12, "")
+    # An error in the stream: not complete, so no last line yet.
+    errored = admitted(journal, "req_error")
+    errored.upstream_status, errored.exchange.stream_done, errored.exchange.stream_error = 200, True, "overloaded"
+    writer.answered(errored)
+    assert not errored.answered
+
+
 def test_compaction_keeps_open_calls_only(tmp_path, monkeypatch):
     monkeypatch.setattr(journal_module, "COMPACT_AFTER", 10)
     journal = Journal(str(tmp_path), "usage-h-1")

@@ -34,6 +34,7 @@ class CallState:
     journal_line: bytes = b""
     progress_line: bytes = b""
     progress: object = None  # what the last progress line was written from
+    answered: bool = False  # the last progress line is written: the whole answer went out
 
     def __post_init__(self):
         route = self.exchange.route

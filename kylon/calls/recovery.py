@@ -2,8 +2,10 @@
 `interrupted` record of a call a killed process left open.
 
 `open_entry` is written when the call is admitted, `progress_of` once a second
-while it runs; at the next start `recovered_records` turns every call opened
-but not closed into its record, billed from its last progress (estimated).
+while it runs, `answer_entry` before a stream's last events go out (an SDK
+stops reading at them: a crash before the transfer ends must not make a
+complete call interrupted); at the next start `recovered_records` turns every
+call opened but not closed into its record, billed from its last progress.
 """
 
 import dataclasses
@@ -13,9 +15,10 @@ import time
 from types import SimpleNamespace
 
 from ..billing import Usage
-from ..meter import usage_so_far
+from ..meter import settle_usage, usage_so_far
 from ..models import UsageStatus
 from ..providers.base import Exchange
+from .outcome import whole_answer_sent
 from .record import CallState, build_record
 
 RECOVERED_ERROR = "Kylon stopped before the call ended (recorded from its journal at the next start)"
@@ -62,16 +65,30 @@ def progress_key(call):
 
 def progress_of(call):
     """(key, entry maker) for OpenCalls.checkpoint."""
+    return progress_key(call), lambda: progress_entry(call, usage_so_far(call.exchange))
 
-    def entry():
-        return {
-            "progress": call.request_id,
-            "usage": usage_fields(usage_so_far(call.exchange)),
-            "http_status": call.upstream_status,
-            "seconds": round(time.monotonic() - call.t0, 3),
-        }
 
-    return progress_key(call), entry
+def answer_entry(call):
+    """The progress line of a stream whose last events go out next, or None
+    when they do not complete it (an error in the stream)."""
+    exchange = call.exchange
+    if not whole_answer_sent(call.upstream_status, True, exchange.usage_final, exchange.stream_done,
+                             exchange.stream_error):
+        return None
+    # What finish_call bills a call whose client left after the whole answer.
+    return progress_entry(call, settle_usage(exchange, finished=True), complete=True)
+
+
+def progress_entry(call, usage, complete=False):
+    entry = {
+        "progress": call.request_id,
+        "usage": usage_fields(usage),
+        "http_status": call.upstream_status,
+        "seconds": round(time.monotonic() - call.t0, 3),
+    }
+    if complete:
+        entry["complete"] = True
+    return entry
 
 
 def usage_fields(usage):
@@ -90,21 +107,23 @@ def recovered_records(found, finished, pricebook):
 
 def recovered_record(opened, progress, pricebook):
     """Billed from the last progress line, else from the open entry (at
-    least the input estimate), and flagged estimated."""
+    least the input estimate), and flagged estimated; completed if that line
+    says the whole answer was going out (see answer_entry)."""
     opened = read_open_entry(opened)
     request_id = opened["request_id"]
     exchange = Exchange(request_id=request_id, route=None, path=opened["route"], model=opened["model"],
                         price_model=opened["price_model"], stream=opened["stream"])
     exchange.request_bytes = opened["request_bytes"]
-    fields = (progress or opened).get("usage")  # (the open entry's: a free call)
-    if fields is not None:
-        usage = Usage(**fields)
+    progress = progress or {}
+    fields = progress.get("usage") or opened.get("usage")  # (the open entry's: a free call)
+    usage = Usage(**fields) if fields is not None else Usage(input_tokens=math.ceil(exchange.request_bytes / 4))
+    status, error = UsageStatus.INTERRUPTED, RECOVERED_ERROR
+    if progress.get("complete"):
+        status, error = UsageStatus.COMPLETED, ""
     else:
-        usage = Usage(input_tokens=math.ceil(exchange.request_bytes / 4))
-    usage.estimated = True
+        usage.estimated = True
     call = CallState(request_id, SimpleNamespace(name=opened["provider"]), SimpleNamespace(key_id=opened["key_id"]),
                      SimpleNamespace(agent_id=opened["agent_id"]), exchange, opened["started_at"], 0.0, None)
-    seconds = progress["seconds"] if progress else 0.0
-    http_status = (progress["http_status"] if progress else 0) or 503
-    record, _ = build_record(call, UsageStatus.INTERRUPTED, http_status, usage, pricebook, seconds, RECOVERED_ERROR)
+    http_status = progress.get("http_status") or 503
+    record, _ = build_record(call, status, http_status, usage, pricebook, progress.get("seconds", 0.0), error)
     return record

@@ -304,6 +304,8 @@ class ProxyHandler(BaseHandler):
     def upstream_chunk(self, chunk):
         out = self.meter.feed(chunk) if self.meter is not None else chunk
         if out and not self.client_gone:
+            if self.streaming and not self.call.answered and (self.exchange.usage_final or self.exchange.stream_done):
+                self.services.writer.answered(self.call)  # an SDK may stop reading here: journaled first
             self.write(out)
             if self.headers_sent:
                 self.schedule_flush()
