@@ -31,7 +31,8 @@ from kylon.server import KylonHTTPServer
 from kylon.services import Services
 from kylon.settings import Settings
 from kylon.throttle import FailureThrottle
-from kylon.usage import Journal, UsageWriter
+from kylon.journal import Journal
+from kylon.usage import UsageWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("kylon")

@@ -11,7 +11,8 @@ The journal (kylon/journal.py): so that a SIGKILL loses no call, each call
 is journaled as open when admitted, its progress once a second while it
 runs, and its final record before the answer's last bytes go out. At start,
 before serving, the journal is replayed (idempotently, by request id): the
-final records, and an `interrupted` record for each call left open.
+final records, and a record for each call left open (`interrupted`, or
+`completed` for a stream whose last events had gone out).
 """
 
 import asyncio
@@ -23,7 +24,6 @@ import peewee
 
 from . import metrics
 from .calls.recovery import answer_entry, open_entry, progress_of, recovered_records
-from .journal import Journal  # noqa: F401 (app.py builds it from here)
 from .models import Agent, UsageRecord, database
 
 log = logging.getLogger("kylon.usage")
