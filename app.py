@@ -32,7 +32,8 @@ from kylon.server import KylonHTTPServer
 from kylon.services import Services
 from kylon.settings import Settings
 from kylon.throttle import FailureThrottle
-from kylon.usage import Journal, UsageWriter
+from kylon.journal import Journal
+from kylon.usage import UsageWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("kylon")
@@ -101,12 +102,13 @@ async def serve(settings):
         fallbacks={p.name: p.fallback_price for p in providers.values()},
     )
     balances = Balances()
-    cache = AccountCache(worker, balances, settings.cache_refresh_seconds)
-    await cache.refresh()
     await pricebook.reload(worker)
     journal_name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"usage-{settings.host}-{settings.port}")
     writer = UsageWriter(worker, balances, settings.usage_flush_seconds, Journal(settings.journal_dir, journal_name))
-    writer.replay_journal()
+    # Before the balances are read: they include what the replay debits.
+    writer.replay_journal(pricebook)
+    cache = AccountCache(worker, balances, settings.cache_refresh_seconds)
+    await cache.refresh()
     services = Services(settings, worker, cache, balances, writer, providers, pricebook, admin_hash)
     services.access_log = AccessLog(secret_params=secret_query_params(providers))
     services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,

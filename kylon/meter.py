@@ -9,6 +9,7 @@ usage; anything else (audio) passes through without being kept.
 
 import json
 import math
+from dataclasses import replace
 
 from .billing import Usage
 from .sse import SSEScanner
@@ -113,18 +114,24 @@ class ResponseMeter:
 
 def settle_usage(exchange, finished):
     """The usage to bill. When the provider gave no figure, or the answer was cut
-    before its final figure, Kylon estimates (and says so): input from the size
-    of the request (about 4 bytes a token), output one token per streamed
-    content event."""
+    before its final figure, Kylon estimates (and says so): see usage_so_far."""
     usage = exchange.usage
-    if usage is not None and (exchange.usage_final or finished):
+    if usage is not None and finished:
+        return usage
+    return usage_so_far(exchange)
+
+
+def usage_so_far(exchange):
+    """What the call has consumed so far, as a Usage of its own (the
+    exchange's is left as it is, the stream may go on): the provider's final
+    figures, else an estimate — input from the size of the request (about 4
+    bytes a token), output one token per streamed content event."""
+    usage = exchange.usage
+    if usage is not None and exchange.usage_final:
         return usage
     estimated_input = math.ceil(exchange.request_bytes / 4)
     if usage is None:
         return Usage(input_tokens=estimated_input, output_tokens=exchange.output_events, estimated=True)
     # Partial figures (Anthropic's message_start gives input, not the final output).
-    usage.output_tokens = max(usage.output_tokens, exchange.output_events)
-    if not usage.input_tokens:
-        usage.input_tokens = estimated_input
-    usage.estimated = True
-    return usage
+    return replace(usage, input_tokens=usage.input_tokens or estimated_input,
+                   output_tokens=max(usage.output_tokens, exchange.output_events), estimated=True)

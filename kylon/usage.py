@@ -7,31 +7,31 @@ atomic in the database). Records already present (same request id) are
 skipped with their debit, so a retried batch is never charged twice. A failed
 batch stays pending and is retried; shutdown flushes whatever is left.
 
-The journal: so that a SIGKILL loses no record of a call whose answer had
-completed, each record is also appended to a local journal file before the
-answer's last bytes go out (one `os.write` to the page cache, no fsync — a
-killed process's writes survive, a machine crash is what the database commit
-is for). Journal segments are deleted once their records are committed, and
-replayed (idempotently, by request id) at start.
+The journal (kylon/journal.py): so that a SIGKILL loses no call, each call
+is journaled as open when admitted, its progress once a second while it
+runs, and its final record before the answer's last bytes go out. At start,
+before serving, the journal is replayed (idempotently, by request id): the
+final records, and a record for each call left open (`interrupted`, or
+`completed` for a stream whose last events had gone out).
 """
 
 import asyncio
-import datetime
-import glob
-import json
 import logging
-import os
 from collections import defaultdict
 from decimal import Decimal
 
 import peewee
 
 from . import metrics
+from .calls.recovery import answer_entry, open_entry, progress_of, recovered_records
 from .models import Agent, UsageRecord, database
 
 log = logging.getLogger("kylon.usage")
 
 BATCH = 200
+
+# How often open calls' progress is journaled: what a SIGKILL can lose of a call.
+CHECKPOINT_SECONDS = 1.0
 
 
 # Most rows per INSERT statement: 26 values each stays under SQLite's 32,766
@@ -145,85 +145,6 @@ def write_batch(records):
     return len(fresh)
 
 
-def _encode(value):
-    if isinstance(value, Decimal):
-        return {"$d": str(value)}
-    if isinstance(value, datetime.datetime):
-        return {"$t": value.isoformat()}
-    raise TypeError(value)
-
-
-def _decode(obj):
-    if "$d" in obj:
-        return Decimal(obj["$d"])
-    if "$t" in obj:
-        return datetime.datetime.fromisoformat(obj["$t"])
-    return obj
-
-
-# One encoder for every line (json.dumps with a `default` builds a new one
-# each call); no spaces after separators.
-_JOURNAL_ENCODER = json.JSONEncoder(default=_encode, separators=(",", ":"))
-
-
-class Journal:
-    """Append-only segment files `<prefix>-<n>.jsonl`, one record a line."""
-
-    def __init__(self, directory, name):
-        os.makedirs(directory, exist_ok=True)
-        self.prefix = os.path.join(directory, name)
-        existing = self.segments()
-        self.number = 1 + max((int(p.rsplit("-", 1)[1].split(".")[0]) for p in existing), default=0)
-        self.fd = None
-        self.path = None
-        # Segments whose records are pending but not yet committed.
-        self.unflushed = []
-
-    def segments(self):
-        return sorted(glob.glob(glob.escape(self.prefix) + "-*.jsonl"))
-
-    def read_all(self):
-        """Every record of the segments left by an earlier run (a torn last line is skipped)."""
-        records = []
-        for path in self.segments():
-            with open(path, "rb") as f:
-                for line in f:
-                    try:
-                        records.append(json.loads(line, object_hook=_decode))
-                    except ValueError:
-                        log.warning("skipping a torn journal line in %s", path)
-        return records
-
-    def append(self, record):
-        if self.fd is None:
-            self.path = f"{self.prefix}-{self.number}.jsonl"
-            self.number += 1
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self.fd, _JOURNAL_ENCODER.encode(record).encode() + b"\n")
-
-    def rotate(self):
-        """Close the current segment; its records are the batch being flushed."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.unflushed.append(self.path)
-            self.fd = None
-        segments, self.unflushed = self.unflushed, []
-        return segments
-
-    def committed(self, segments):
-        for path in segments:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-
-    def failed(self, segments):
-        self.unflushed[:0] = segments
-
-    def remove_all(self):
-        self.committed(self.segments())
-
-
 class UsageWriter:
     def __init__(self, db_worker, balances, flush_seconds=0.25, journal=None):
         self.db = db_worker
@@ -233,23 +154,45 @@ class UsageWriter:
         self.journal = journal
         self.pending = []
         self._task = None
+        self._checkpoint_task = None
         self._flushing = None
 
-    def replay_journal(self):
+    def replay_journal(self, pricebook):
         """At start, before serving: write what an earlier run journaled but
-        may not have committed (records already in the database are skipped)."""
+        may not have committed (records already in the database are skipped),
+        and an `interrupted` record for each call it left open; the journal
+        is removed only once all of it is committed."""
         if self.journal is None:
             return 0
         records = self.journal.read_all()
+        finished = {r["request_id"] for r in records}
+        interrupted = recovered_records(self.journal.calls.read(), finished, pricebook)
+        records += interrupted
         written = self.db.run_sync(write_batch, records) if records else 0
         self.journal.remove_all()
         if records:
-            log.info("journal replay: %d records, %d were missing from the database", len(records), written)
+            log.info("journal replay: %d records (%d calls left open), %d were missing from the database",
+                     len(records), len(interrupted), written)
         return written
 
-    def add(self, record):
+    def open_call(self, call):
+        """An admitted call, journaled before anything goes upstream."""
         if self.journal is not None:
-            self.journal.append(record)
+            self.journal.calls.open(call, open_entry(call))
+
+    def answered(self, call):
+        """A stream's last events go out next: its figures are journaled first."""
+        if self.journal is not None:
+            entry = answer_entry(call)
+            if entry is not None:
+                self.journal.calls.answered(call, entry)
+
+    def add(self, record):
+        journal = self.journal
+        if journal is not None:
+            journal.append(record)
+            # The final record is journaled: the call is closed.
+            journal.calls.close(record["request_id"])
         self.pending.append(record)
         self.balances.charge(record["agent_id"], record["credits"])
         metrics.USAGE_PENDING.set(len(self.pending))
@@ -294,8 +237,25 @@ class UsageWriter:
             except Exception:
                 delay = min(max(delay * 2, 0.5), 10.0)
 
+    async def _checkpoints(self):
+        calls = self.journal.calls
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            try:
+                calls.checkpoint(progress_of)
+            except Exception:
+                log.exception("journaling the open calls' progress failed")
+
     def start(self):
         self._task = asyncio.ensure_future(self._run())
+        if self.journal is not None:
+            self._checkpoint_task = asyncio.ensure_future(self._checkpoints())
+
+    def journal_done(self):
+        """Every record committed: with no call left open, the open-call
+        files hold nothing the next start needs."""
+        if self.journal is not None and not self.journal.calls.live:
+            self.journal.calls.remove_files()
 
     async def close(self, attempts=20):
         if self._task is not None:
@@ -305,10 +265,13 @@ class UsageWriter:
             while self._flushing is not None:
                 await self._flushing
             self._task.cancel()
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
         for attempt in range(attempts):
             try:
                 await self.flush()
                 if not self.pending:
+                    self.journal_done()
                     return True
             except Exception:
                 await asyncio.sleep(min(0.25 * (attempt + 1), 2))

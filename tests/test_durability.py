@@ -38,6 +38,23 @@ def test_sigkill_loses_no_completed_call(make_kylon):
     assert len(k.usage_for_agent(agent["id"], 6)) == 6
 
 
+def test_sigkill_after_the_last_event_before_the_transfer_ends_is_completed(make_kylon):
+    """The SDK stops at [DONE]; the upstream ends its response 3 s later:
+    killed in between, the call is recorded completed from its final usage."""
+    k = make_kylon({"KYLON_USAGE_FLUSH_SECONDS": "60"})
+    _, key = k.agent_with_key("1")
+    client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini-linger-after-done", messages=MESSAGES, stream=True
+    ) as response:
+        request_id = response.headers["x-kylon-request-id"]
+        list(response.parse())
+        k.stop(signal.SIGKILL)
+    k.start()
+    record = k.usage(request_id)
+    assert (record["status"], record["estimated"], record["output_tokens"]) == ("completed", False, 12)
+
+
 def test_database_away_for_30_seconds(make_kylon):
     """SQLite locked by another writer for 30 s: known keys keep working, the
     records wait and are written once when the database is back."""
@@ -137,3 +154,67 @@ def test_reset_mid_stream_ends_the_answer_and_is_recorded(kylon, agent_key):
     assert b"[DONE]" not in body
     record = kylon.usage(request_id)
     assert record["status"] == "error" and record["estimated"] is True and record["output_tokens"] >= 1
+
+
+# -- calls in flight at a SIGKILL ----------------------------------------------------
+
+from .conftest import drop_database, scratch_database_url  # noqa: E402
+
+
+def open_held_stream(client, key):
+    """A streamed call held by the fake after its first words: (request id, stream)."""
+    stream = client.stream("POST", "/proxy/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "held-stream", "messages": MESSAGES, "stream": True})
+    response = stream.__enter__()
+    assert response.status_code == 200
+    seen = b""
+    # The iterator is kept: a dropped one would close the connection.
+    chunks = response.iter_raw()
+    while b"Hello" not in seen:
+        seen += next(chunks)
+    return response.headers["x-kylon-request-id"], (stream, chunks)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_sigkill_during_open_streams_records_each_once_as_interrupted(kind, make_kylon, fake_openai,
+                                                                       tmp_path_factory):
+    url = scratch_database_url(kind, tmp_path_factory)
+    k = make_kylon(database_url=url)
+    agent, key = k.agent_with_key("100")
+    limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
+    client = httpx.Client(base_url=k.url, limits=limits, timeout=10)
+    fake_openai.release.clear()
+    streams = []
+    try:
+        ids = []
+        for _ in range(20):
+            request_id, stream = open_held_stream(client, key)
+            ids.append(request_id)
+            streams.append(stream)
+        time.sleep(1.5)  # a progress checkpoint with the words relayed so far
+        k.stop(signal.SIGKILL)
+    finally:
+        fake_openai.release.set()
+        for stream, _ in streams:
+            try:
+                stream.__exit__(None, None, None)
+            except httpx.HTTPError:
+                pass
+        client.close()
+    try:
+        k.start()  # same port, database and journal directory
+        records = [k.usage(request_id) for request_id in ids]
+        for record in records:
+            assert record["status"] == "interrupted" and record["estimated"] is True
+            assert Decimal(record["credits"]) > 0 and record["input_tokens"] > 0 and record["output_tokens"] >= 1
+        charged = sum(Decimal(r["credits"]) for r in records)
+        assert k.balance(agent["id"]) == Decimal("100") - charged
+        # A second restart records nothing twice.
+        k.stop(signal.SIGKILL)
+        k.start()
+        time.sleep(0.5)
+        assert len(k.usage_for_agent(agent["id"], 20)) == 20
+        assert k.balance(agent["id"]) == Decimal("100") - charged
+    finally:
+        k.stop()
+        drop_database(url)

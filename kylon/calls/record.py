@@ -29,6 +29,12 @@ class CallState:
     first_byte_at: float | None = None
     held: object = 0  # credits held while the call runs
     recorded: bool = False
+    upstream_status: int = 0  # the upstream's HTTP status, once its headers came
+    # The call's lines in the journal's open-call file (kylon/journal.py).
+    journal_line: bytes = b""
+    progress_line: bytes = b""
+    progress: object = None  # what the last progress line was written from
+    answered: bool = False  # the last progress line is written: the whole answer went out
 
     def __post_init__(self):
         route = self.exchange.route

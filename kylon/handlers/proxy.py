@@ -217,6 +217,7 @@ class ProxyHandler(BaseHandler):
         refusal = self.hold_credits()
         if refusal is not None:
             return self.reject(refusal)
+        self.services.writer.open_call(self.call)  # journaled before anything goes upstream
         if self.upload is not None:
             # What the provider saw goes first; the rest follows as it arrives.
             self.upload.put_first(body)
@@ -268,7 +269,7 @@ class ProxyHandler(BaseHandler):
         """Hook: change the upstream's headers before anything reads them."""
 
     def upstream_headers_arrived(self, status, headers):
-        self.call.first_byte_at = time.monotonic()
+        self.call.first_byte_at, self.call.upstream_status = time.monotonic(), status
         exchange = self.exchange
         self.shape_response_headers(status, headers)
         exchange.response_headers = headers
@@ -302,6 +303,8 @@ class ProxyHandler(BaseHandler):
     def upstream_chunk(self, chunk):
         out = self.meter.feed(chunk) if self.meter is not None else chunk
         if out and not self.client_gone:
+            if self.streaming and not self.call.answered and (self.exchange.usage_final or self.exchange.stream_done):
+                self.services.writer.answered(self.call)  # an SDK may stop reading here: journaled first
             self.write(out)
             if self.headers_sent:
                 self.schedule_flush()
