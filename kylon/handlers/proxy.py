@@ -1,5 +1,6 @@
 """One handler for every provider route under /proxy/<provider>/…: the Tornado
-glue around the pieces of kylon/calls that decide.
+glue around the pieces of kylon/calls that decide (relaying the answer to
+the client is its mixin, handlers/answer.py).
 
 The order of a call: find the provider and route → authenticate the Kylon key
 → admission (path, method, configuration, gate, credits, size) → read and
@@ -25,12 +26,13 @@ from .. import metrics, relay
 from ..billing import Usage, credits_for
 from ..calls import admission, outcome as outcomes
 from ..calls.admission import Refusal, without_kylon_keys
-from ..calls.headers import copy_response_headers, upstream_header_pairs, upstream_request_id
+from ..calls.headers import upstream_header_pairs, upstream_request_id
 from ..calls.record import CallState, build_record
 from ..meter import ResponseMeter, settle_usage
 from ..models import UsageStatus, utcnow
 from ..providers import Exchange
 from ..server import refused_as_malformed
+from .answer import AnswerRelay
 from .base import BaseHandler
 
 log = logging.getLogger("kylon.proxy")
@@ -44,7 +46,7 @@ STREAM_BODY_AFTER = 256 * 1024
 
 
 @tornado.web.stream_request_body
-class ProxyHandler(BaseHandler):
+class ProxyHandler(AnswerRelay, BaseHandler):
     # Messages for key-lookup failures of a subclass's own (see admission.key_refusal).
     key_refusal_messages = None
 
@@ -265,62 +267,6 @@ class ProxyHandler(BaseHandler):
         return await self.upstream.run()
 
     # -- the answer -----------------------------------------------------------
-    def shape_response_headers(self, status, headers):
-        """Hook: change the upstream's headers before anything reads them."""
-
-    def upstream_headers_arrived(self, status, headers):
-        self.call.first_byte_at, self.call.upstream_status = time.monotonic(), status
-        exchange = self.exchange
-        self.shape_response_headers(status, headers)
-        exchange.response_headers = headers
-        if self.meter is not None:
-            self.meter.on_headers(status, headers)
-        usage = self.provider.usage_from_headers(exchange, headers)
-        if usage is not None:
-            exchange.usage = usage
-        if self.client_gone:
-            return
-        self.set_status(status, self.upstream.reason or None)
-        # Only Kylon's defaults are set so far: the upstream's content type wins.
-        self._headers.pop("Content-Type", None)
-        copy_response_headers(self._headers, headers, self.provider.drop_response_headers)
-        self.set_header("x-kylon-request-id", self.request_id)
-        self.set_header("X-Accel-Buffering", "no")
-        self.streaming = "text/event-stream" in (headers.get("Content-Type") or "")
-        if self.streaming:
-            metrics.child(metrics.ACTIVE_STREAMS, self.provider.name).inc()
-        if self.meter is not None and self.meter.json_body:
-            # A plain JSON answer is kept whole anyway (to read its usage): it
-            # goes out in one send at the end, headers and body together, and
-            # a failure before then can still be answered with a clean 502.
-            return
-        self.headers_sent = True
-        # Sent in parts as it arrives: each part goes out at once (Nagle is
-        # off on client connections, see server.py). The headers go at the end
-        # of this loop turn, with the first chunks when they came with them.
-        self.schedule_flush()
-
-    def upstream_chunk(self, chunk):
-        out = self.meter.feed(chunk) if self.meter is not None else chunk
-        if out and not self.client_gone:
-            if self.streaming and not self.call.answered and (self.exchange.usage_final or self.exchange.stream_done):
-                self.services.writer.answered(self.call)  # an SDK may stop reading here: journaled first
-            self.write(out)
-            if self.headers_sent:
-                self.schedule_flush()
-
-    def schedule_flush(self):
-        # What arrives together leaves together: one send per loop turn, not
-        # one per chunk (nor one for the headers and one for the first chunk).
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush_written)
-
-    def flush_written(self):
-        self.flush_scheduled = False
-        if not self._finished and not self.client_gone:
-            self.flush()
-
     def finish_call(self, transfer):
         """The transfer has ended: classify it, record it, end the answer."""
         exchange, meter = self.exchange, self.meter
@@ -352,17 +298,6 @@ class ProxyHandler(BaseHandler):
             metrics.child(metrics.CLIENT_DISCONNECTS, *label).inc()
         elif metric:
             metrics.child(metrics.UPSTREAM_ERRORS, *label, metric).inc()
-
-    def deliver(self, answer, tail):
-        """The rest of the answer, as the outcome says (see outcome.Outcome)."""
-        if answer is None or self._finished:
-            return
-        if answer == "end" or answer == "complete":
-            if tail and answer == "complete":
-                self.write(tail)
-            self.finish()
-        else:
-            self.send_kylon_error(*answer)
 
     # -- bookkeeping ---------------------------------------------------------
     def on_connection_close(self):
