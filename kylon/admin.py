@@ -75,13 +75,27 @@ def create_agent(name, skills=(), credits=0, actor="admin"):
         raise AdminError(400, "'name' is required.")
     skills = parse_skills(list(skills))
     credits = parse_amount(credits, "credits")
+    name = check_name_free(name)
     with database.atomic():
-        agent = Agent.create(name=name.strip()[:200], credits=credits)
+        agent = Agent.create(name=name, credits=credits)
         for skill in skills:
             AgentSkill.create(agent=agent, skill=skill)
         if credits:
             CreditLedger.create(agent=agent, amount=credits, balance_after=credits, note="initial credits", actor=actor)
     return agent_dict(agent, skills)
+
+
+def check_name_free(name, agent_id=None):
+    """The name as stored; agent names are unique without regard to case, so a
+    duplicate gets a clear 409 here rather than the unique index's error."""
+    name = name.strip()[:200]
+    query = Agent.select(Agent.id).where(peewee.fn.LOWER(Agent.name) == name.lower())
+    if agent_id is not None:
+        query = query.where(Agent.id != agent_id)
+    other = query.first()
+    if other is not None:
+        raise AdminError(409, f"An agent named '{name}' already exists (id {other.id}): choose another name.")
+    return name
 
 
 def list_agents():
@@ -101,7 +115,7 @@ def update_agent(agent_id, name=None, skills=None):
         if name is not None:
             if not isinstance(name, str) or not name.strip():
                 raise AdminError(400, "'name' must be a non-empty string.")
-            agent.name = name.strip()[:200]
+            agent.name = check_name_free(name, agent.id)
             agent.save()
         if skills is not None:
             skills = parse_skills(skills)
@@ -228,7 +242,12 @@ def usage_query(filters):
                 q = q.where(getattr(UsageRecord, field) == int(filters[field]))
             except ValueError:
                 raise AdminError(400, f"'{field}' must be a number.")
-    for field in ("provider", "status", "model", "route", "request_id"):
+    status = filters.get("status")
+    if status == "failed":  # every call that did not complete
+        q = q.where(UsageRecord.status != "completed")
+    elif status:
+        q = q.where(UsageRecord.status == status)
+    for field in ("provider", "model", "route", "request_id"):
         if filters.get(field):
             q = q.where(getattr(UsageRecord, field) == filters[field])
     since = parse_time(filters.get("since"), "since")

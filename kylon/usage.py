@@ -26,7 +26,7 @@ from decimal import Decimal
 
 import peewee
 
-from . import metrics
+from . import metrics, rollups
 from .models import Agent, UsageRecord, database
 
 log = logging.getLogger("kylon.usage")
@@ -123,6 +123,7 @@ def write_batch(records):
         with database.atomic():
             insert_records(records)
             debit(records)
+            rollups.add(records)
         return len(records)
     except peewee.IntegrityError:
         pass
@@ -142,6 +143,7 @@ def write_batch(records):
         if fresh:
             insert_records(fresh)
             debit(fresh)
+            rollups.add(fresh)
     return len(fresh)
 
 
