@@ -318,7 +318,7 @@ def usage_record(request_id):
     row = UsageRecord.get_or_none(UsageRecord.request_id == request_id)
     if row is None:
         raise AdminError(404, f"No usage record with request id {request_id}.")
-    record = usage_dict(row)
+    record = dict(usage_dict(row), credits=f"{row.credits:f}")
     agent = Agent.get_or_none(Agent.id == row.agent_id)
     record["agent_name"] = agent.name if agent else None
     record["key"] = key_labels().get(row.key_id) if row.key_id else None
