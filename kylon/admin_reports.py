@@ -14,7 +14,7 @@ from peewee import fn
 
 from .admin import CHART_RANGES, AdminError, parse_time, usage_dict, usage_query, usage_totals as records_totals
 from .models import Agent, ApiKey, UsageRecord, UsageRollup, from_nano, utcnow
-from .models.rollup import DAY, HOUR
+from .models.rollup import DAY, HOUR, KINDS
 
 # Below this balance an agent is "low"; at or below zero it is "exhausted".
 LOW_BALANCE = Decimal("1.00")
@@ -68,18 +68,25 @@ def since_text(t):
     return t.strftime("%Y-%m-%dT%H:%M")
 
 
+def kind_for(*dims):
+    """The narrowest rollup kind keeping every dimension named."""
+    return next(kind for kind, kept in KINDS.items() if set(dims) <= set(kept))
+
+
 def in_window(first, period, where=()):
+    """Rollup rows of `period` (HOUR or DAY, then the kind) from `first` on."""
     query = R.select().where(R.period == period, R.start >= first)
     for condition in where:
         query = query.where(condition)
     return query
 
 
-def stacked_series(range_name, by="provider", where=(), now=None):
+def stacked_series(range_name, by="provider", where=(), now=None, kind="m"):
     """Requests and credits per bucket, each split by provider or model (the
     largest STACKED_GROUPS, the rest as "other"), oldest bucket first."""
     now = now or utcnow()
     first, bucket, period, step = window(range_name, now)
+    period += kind
     group = R.provider if by == "provider" else R.model
     rows = (
         in_window(first, period, where)
@@ -172,17 +179,17 @@ def overview(range_name, by="provider", now=None):
     stacked = stacked_series(range_name, by, now=now)
     first, _, period, _ = window(range_name, now)
     names = agent_names()
-    agents = top(first, period, [R.agent_id])
+    agents = top(first, period + "a", [R.agent_id])
     for row in agents:
         row["name"] = names.get(row["agent_id"], f"#{row['agent_id']}")
     return {
         "stacked": stacked,
         "chart": totals_chart(stacked),
-        "today": window_totals(today_start(now), HOUR),
-        "window": window_totals(first, period),
-        "failures": failures_by_status(first, period),
+        "today": window_totals(today_start(now), HOUR + "m"),
+        "window": window_totals(first, period + "m"),
+        "failures": failures_by_status(first, period + "m"),
         "top_agents": agents,
-        "top_models": top(first, period, [R.provider, R.model]),
+        "top_models": top(first, period + "m", [R.provider, R.model]),
         "low_agents": low_agents(),
         "agents": len(names),
     }
@@ -193,12 +200,12 @@ def agent_report(agent_id, range_name, by="model", now=None):
     first, _, period, _ = window(range_name, now)
     where = (R.agent_id == int(agent_id),)
     labels = key_labels()
-    by_key = top(first, period, [R.key_id], where, limit=None)
+    by_key = top(first, period + "k", [R.key_id], where, limit=None)
     for row in by_key:
         row["key"] = labels.get(row["key_id"])
     return {
-        "stacked": stacked_series(range_name, by, where, now),
-        "window": window_totals(first, period, where),
+        "stacked": stacked_series(range_name, by, where, now, kind=""),
+        "window": window_totals(first, period + "a", where),
         "by_model": top(first, period, [R.provider, R.model], where, limit=None),
         "by_key": by_key,
         "key_spend": {row["key_id"]: row for row in by_key},
@@ -208,7 +215,7 @@ def agent_report(agent_id, range_name, by="model", now=None):
 def key_spend(range_name="30d", now=None):
     """Each key's figures over a range: {key_id: figures}."""
     first, _, period, _ = window(range_name, now)
-    return {row["key_id"]: row for row in top(first, period, [R.key_id], limit=None)}
+    return {row["key_id"]: row for row in top(first, period + "k", [R.key_id], limit=None)}
 
 
 def agents_summary(now=None):
@@ -218,7 +225,7 @@ def agents_summary(now=None):
     today = today_start(now)
     month = today.replace(day=1)
     spend_today = fn.SUM(peewee.Case(None, [(R.start >= today, R.credits)], 0))
-    rows = in_window(month, DAY).select(R.agent_id, spend_today, *SUMS).group_by(R.agent_id).tuples()
+    rows = in_window(month, DAY + "a").select(R.agent_id, spend_today, *SUMS).group_by(R.agent_id).tuples()
     summary = {}
     for agent_id, today_credits, *sums in rows:
         summary[agent_id] = {"today": str(from_nano(int(today_credits or 0))), "month": figures(*sums)}
@@ -238,16 +245,18 @@ def _aligned(t, period):
     return t is None or (t.minute == t.second == t.microsecond == 0 and (period == HOUR or t.hour == 0))
 
 
-def rollup_filter(filters):
-    """A rollup query standing for the usage records `filters` select, or None
-    when the rollups cannot answer (a time not on the hour, a route…)."""
+def rollup_filter(filters, *dims):
+    """A query on the narrowest rollups standing for the usage records
+    `filters` select (grouped by `dims`), or None when the rollups cannot
+    answer (a time not on the hour, a route…)."""
     if any(v for f, v in filters.items() if v and f not in ROLLUP_FILTERS + ("since", "until")):
         return None
     since, until = parse_time(filters.get("since"), "since"), parse_time(filters.get("until"), "until")
     period = next((p for p in (DAY, HOUR) if _aligned(since, p) and _aligned(until, p)), None)
     if period is None:
         return None
-    query = R.select().where(R.period == period)
+    kind = kind_for(*dims, *(f for f in ROLLUP_FILTERS if filters.get(f)))
+    query = R.select().where(R.period == period + kind)
     for field in ("agent_id", "key_id"):
         if filters.get(field) not in (None, ""):
             try:
@@ -274,8 +283,9 @@ def usage_totals(filters):
 
 
 GROUP_COLUMNS = {
+    "day": ((R.start,), ()),
     "agent": ((R.agent_id,), (UsageRecord.agent_id,)),
-    "key": ((R.key_id,), (UsageRecord.key_id,)),
+    "key": ((R.key_id,), (fn.COALESCE(UsageRecord.key_id, 0),)),
     "model": ((R.provider, R.model), (UsageRecord.provider, UsageRecord.model)),
 }
 
@@ -284,9 +294,9 @@ def usage_groups(filters, by):
     """The filter's usage summed per day, agent, key or model, the largest spend first (days: newest first)."""
     if by not in GROUPINGS:
         raise AdminError(400, "'group' must be one of " + ", ".join(GROUPINGS) + ".")
-    query = rollup_filter(filters)
+    query = rollup_filter(filters, *(c.name for c in GROUP_COLUMNS[by][0] if c is not R.start))
     if query is not None:
-        columns = (R.start,) if by == "day" else GROUP_COLUMNS[by][0]
+        columns = GROUP_COLUMNS[by][0]
         rows = query.select(*columns, *SUMS).group_by(*columns).tuples()
     else:
         day = fn.SUBSTR(UsageRecord.started_at, 1, 10).coerce(False)

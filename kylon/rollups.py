@@ -10,12 +10,14 @@ from collections import defaultdict
 import peewee
 
 from .models import UsageRecord, UsageRollup, database, to_nano
-from .models.rollup import DAY, HOUR
+from .models.rollup import DAY, HOUR, KINDS
 
 KEY = ("period", "start", "agent_id", "key_id", "provider", "model", "status")
 SUMS = ("requests", "input_tokens", "output_tokens", "credits")
 COLUMNS = KEY + SUMS
 ROWS_PER_STATEMENT = 200
+# What a kind stores for a dimension it does not keep.
+BLANK = {"agent_id": 0, "key_id": 0, "provider": "", "model": "", "status": ""}
 
 
 def bucket_starts(started_at):
@@ -24,16 +26,19 @@ def bucket_starts(started_at):
 
 
 def summed(records):
-    """{key tuple: [requests, input, output, nano-credits]} for each hour and day."""
+    """{key tuple: [requests, input, output, nano-credits]} for each hour and
+    day, in every kind (a kind's missing dimensions as 0 or "")."""
     sums = defaultdict(lambda: [0, 0, 0, 0])
     for r in records:
+        dims = {"agent_id": r["agent_id"], "key_id": r.get("key_id") or 0, "provider": r["provider"],
+                "model": r.get("model") or "", "status": r["status"]}
+        figures = (1, r.get("input_tokens") or 0, r.get("output_tokens") or 0, to_nano(r.get("credits") or 0))
         for period, start in bucket_starts(r["started_at"]):
-            key = (period, str(start), r["agent_id"], r.get("key_id") or 0, r["provider"], r.get("model") or "", r["status"])
-            row = sums[key]
-            row[0] += 1
-            row[1] += r.get("input_tokens") or 0
-            row[2] += r.get("output_tokens") or 0
-            row[3] += to_nano(r.get("credits") or 0)
+            for kind, kept in KINDS.items():
+                key = (period + kind, str(start)) + tuple(dims[d] if d in kept else BLANK[d] for d in KEY[2:])
+                row = sums[key]
+                for i, value in enumerate(figures):
+                    row[i] += value
     return sums
 
 
@@ -57,7 +62,7 @@ def add(records):
 
 
 def rebuild():
-    """Every rollup row again from the usage records: one GROUP BY per period."""
+    """Every rollup row again from the usage records: one GROUP BY per period and kind."""
     mysql = isinstance(database.obj, peewee.MySQLDatabase)
     table = UsageRollup._meta.table_name
     records = UsageRecord._meta.table_name
@@ -65,12 +70,15 @@ def rebuild():
         HOUR: "DATE_FORMAT(started_at, '%%Y-%%m-%%d %%H:00:00')" if mysql else "substr(started_at, 1, 13) || ':00:00'",
         DAY: "DATE_FORMAT(started_at, '%%Y-%%m-%%d 00:00:00')" if mysql else "substr(started_at, 1, 10) || ' 00:00:00'",
     }
+    column = {"agent_id": "agent_id", "key_id": "COALESCE(key_id, 0)", "provider": "provider", "model": "model", "status": "status"}
     with database.atomic():
         UsageRollup.delete().execute()
         for period, start in starts.items():
-            database.execute_sql(
-                f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
-                f"SELECT '{period}', {start}, agent_id, COALESCE(key_id, 0), provider, model, status, "
-                "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(credits) "
-                f"FROM {records} GROUP BY 2, 3, 4, 5, 6, 7"
-            )
+            for kind, kept in KINDS.items():
+                dims = [column[d] if d in kept else repr(BLANK[d]) for d in KEY[2:]]
+                database.execute_sql(
+                    f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
+                    f"SELECT '{period + kind}', {start}, {', '.join(dims)}, "
+                    "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(credits) "
+                    f"FROM {records} GROUP BY {', '.join([start] + [column[d] for d in kept])}"
+                )
