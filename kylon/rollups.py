@@ -71,14 +71,15 @@ def rebuild():
         DAY: "DATE_FORMAT(started_at, '%%Y-%%m-%%d 00:00:00')" if mysql else "substr(started_at, 1, 10) || ' 00:00:00'",
     }
     column = {"agent_id": "agent_id", "key_id": "COALESCE(key_id, 0)", "provider": "provider", "model": "model", "status": "status"}
-    with database.atomic():
-        UsageRollup.delete().execute()
-        for period, start in starts.items():
-            for kind, kept in KINDS.items():
-                dims = [column[d] if d in kept else repr(BLANK[d]) for d in KEY[2:]]
-                database.execute_sql(
-                    f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
-                    f"SELECT '{period + kind}', {start}, {', '.join(dims)}, "
-                    "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(credits) "
-                    f"FROM {records} GROUP BY {', '.join([start] + [column[d] for d in kept])}"
-                )
+    # No transaction of its own: the schema upgrade runs it in its own (where
+    # MySQL's DDL has just committed implicitly, a savepoint would be lost).
+    UsageRollup.delete().execute()
+    for period, start in starts.items():
+        for kind, kept in KINDS.items():
+            dims = [column[d] if d in kept else repr(BLANK[d]) for d in KEY[2:]]
+            database.execute_sql(
+                f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
+                f"SELECT '{period + kind}', {start}, {', '.join(dims)}, "
+                "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(credits) "
+                f"FROM {records} GROUP BY {', '.join([start] + [column[d] for d in kept])}"
+            )

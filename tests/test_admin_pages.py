@@ -148,7 +148,8 @@ def test_agent_key_call_usage_chart_and_revoke(page, kylon, fake_openai):
     expect(page.locator("#total-requests")).to_have_text("1")
     expect(page.locator("#total-input")).to_have_text(str(fake_wire.PROMPT_TOKENS))
     expect(page.locator("#total-output")).to_have_text(str(fake_wire.COMPLETION_TOKENS))
-    expect(page.locator("#total-credits")).to_have_text(f"{GPT_4O_MINI_CALL.normalize():f}")
+    # Shown to the cent (issue 16: "<0.01" here); the exact figure is the hover's.
+    expect(page.locator("#total-credits .money")).to_have_attribute("data-exact", f"{GPT_4O_MINI_CALL.normalize():f}")
 
     # The chart: one bar per hour of the last 24, this hour's counts the call.
     page.click("nav >> text=Overview")
@@ -324,7 +325,7 @@ def test_usage_filters_pages_and_csv(page, kylon, fake_openai):
     page.goto(base)
     expect(page.locator("#usage tbody tr")).to_have_count(3)
     expect(page.locator("#total-requests")).to_have_text("3")
-    expect(page.locator("#total-credits")).to_have_text(f"{credits.normalize():f}")
+    expect(page.locator("#total-credits .money")).to_have_attribute("data-exact", f"{credits.normalize():f}")
 
     page.select_option("#usage-filters select[name=status]", "upstream_error")
     page.click("#usage-filters button:text('Filter')")
