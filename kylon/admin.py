@@ -234,14 +234,19 @@ def usage_dict(r):
     return d
 
 
-def usage_query(filters):
-    q = UsageRecord.select()
+def where_ids(q, model, filters):
+    """`q` narrowed to the filter's agent_id and key_id (on `model`'s columns of those names)."""
     for field in ("agent_id", "key_id"):
         if filters.get(field) not in (None, ""):
             try:
-                q = q.where(getattr(UsageRecord, field) == int(filters[field]))
+                q = q.where(getattr(model, field) == int(filters[field]))
             except ValueError:
                 raise AdminError(400, f"'{field}' must be a number.")
+    return q
+
+
+def usage_query(filters):
+    q = where_ids(UsageRecord.select(), UsageRecord, filters)
     status = filters.get("status")
     if status == "failed":  # every call that did not complete
         q = q.where(UsageRecord.status != "completed")

@@ -12,7 +12,8 @@ from decimal import Decimal
 import peewee
 from peewee import fn
 
-from .admin import CHART_RANGES, AdminError, parse_time, usage_dict, usage_query, usage_totals as records_totals
+from .admin import CHART_RANGES, AdminError, parse_time, usage_dict, usage_query, where_ids
+from .admin import usage_totals as records_totals
 from .models import Agent, ApiKey, UsageRecord, UsageRollup, from_nano, utcnow
 from .models.rollup import DAY, HOUR, KINDS
 
@@ -256,13 +257,7 @@ def rollup_filter(filters, *dims):
     if period is None:
         return None
     kind = kind_for(*dims, *(f for f in ROLLUP_FILTERS if filters.get(f)))
-    query = R.select().where(R.period == period + kind)
-    for field in ("agent_id", "key_id"):
-        if filters.get(field) not in (None, ""):
-            try:
-                query = query.where(getattr(R, field) == int(filters[field]))
-            except ValueError:
-                raise AdminError(400, f"'{field}' must be a number.")
+    query = where_ids(R.select().where(R.period == period + kind), R, filters)
     status = filters.get("status")
     if status:
         query = query.where(R.status != "completed" if status == "failed" else R.status == status)

@@ -44,6 +44,18 @@
              svg: el("svg", { viewBox: "0 0 " + width + " " + height, width: width, height: height }) };
   }
 
+  // Three grid lines (0, half, top) with the axis labels each side gives.
+  function gridLines(f, leftLabel, rightLabel) {
+    [0, 0.5, 1].forEach(function (share) {
+      var y = f.pad.top + f.plotH * (1 - share);
+      el("line", { "class": "grid-line", x1: f.pad.left, x2: f.width - f.pad.right, y1: y, y2: y }, f.svg);
+      el("text", { x: f.pad.left - 6, y: y + 4, "text-anchor": "end" }, f.svg, leftLabel(share));
+      if (rightLabel) {
+        el("text", { x: f.width - f.pad.right + 6, y: y + 4, "text-anchor": "start" }, f.svg, rightLabel(share));
+      }
+    });
+  }
+
   // The time labels under the bars, and the drawn chart in place of the box's content.
   function finish(box, f, series, bucket) {
     var slot = f.plotW / series.length;
@@ -71,12 +83,7 @@
     var slot = plotW / series.length;
     var barW = Math.max(1, slot * 0.7);
 
-    [0, 0.5, 1].forEach(function (f) {
-      var y = pad.top + plotH * (1 - f);
-      el("line", { "class": "grid-line", x1: pad.left, x2: width - pad.right, y1: y, y2: y }, svg);
-      el("text", { x: pad.left - 6, y: y + 4, "text-anchor": "end" }, svg, short(maxRequests * f));
-      el("text", { x: width - pad.right + 6, y: y + 4, "text-anchor": "start" }, svg, short(maxCredits * f));
-    });
+    gridLines(f, function (share) { return short(maxRequests * share); }, function (share) { return short(maxCredits * share); });
 
     var points = [];
     series.forEach(function (p, i) {
@@ -115,11 +122,7 @@
     var top = niceMax(Math.max.apply(null, totals));
     var slot = plotW / series.length;
     var barW = Math.max(1, slot * 0.7);
-    [0, 0.5, 1].forEach(function (share) {
-      var y = pad.top + plotH * (1 - share);
-      el("line", { "class": "grid-line", x1: pad.left, x2: width - pad.right, y1: y, y2: y }, svg);
-      el("text", { x: pad.left - 6, y: y + 4, "text-anchor": "end" }, svg, (metric === "credits" ? "$" : "") + short(top * share));
-    });
+    gridLines(f, function (share) { return (metric === "credits" ? "$" : "") + short(top * share); });
     series.forEach(function (p, i) {
       var y = pad.top + plotH;
       values[i].forEach(function (v, g) {

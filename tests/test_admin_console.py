@@ -15,7 +15,7 @@ import openai
 import pytest
 from playwright.sync_api import expect
 
-from .test_admin_pages import browser, chat, log_in, unique  # noqa: F401 (browser: the fixture)
+from .test_admin_pages import browser, chat, log_in, unique, watched_page  # noqa: F401 (browser: the fixture)
 
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
@@ -33,12 +33,7 @@ def size(request):
 def page(browser, kylon, size, request, tmp_path):  # noqa: F811
     """A fresh context at the test's size; console errors fail the test, a
     failed test leaves a screenshot (its path printed)."""
-    context = browser.new_context(viewport=SIZES[size])
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=kylon.url)
-    page = context.new_page()
-    errors = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    context, page, errors = watched_page(browser, kylon, SIZES[size])
     failed_before = request.session.testsfailed
     yield page
     if request.session.testsfailed > failed_before:

@@ -45,17 +45,23 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, kylon, request):
-    """A fresh browser context (no cookies) on a laptop-sized window. Console
-    errors (a CSP violation shows there) fail the test; a failed test leaves
-    a screenshot."""
-    context = browser.new_context(viewport=LAPTOP)
+def watched_page(browser, kylon, viewport):
+    """A new context and page at `viewport`, with the console errors it logs."""
+    context = browser.new_context(viewport=viewport)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=kylon.url)
     page = context.new_page()
     errors = []
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
     page.on("pageerror", lambda error: errors.append(str(error)))
+    return context, page, errors
+
+
+@pytest.fixture
+def page(browser, kylon, request):
+    """A fresh browser context (no cookies) on a laptop-sized window. Console
+    errors (a CSP violation shows there) fail the test; a failed test leaves
+    a screenshot."""
+    context, page, errors = watched_page(browser, kylon, LAPTOP)
     failed_before = request.session.testsfailed
     yield page
     failed = request.session.testsfailed > failed_before
