@@ -104,13 +104,27 @@ def create_agent(name, skills=(), credits=0, actor="admin"):
     credits = parse_amount(credits, "credits")
     if credits < 0:
         raise AdminError(400, "'credits' must not be negative.")
+    name = check_name_free(name)
     with database.atomic():
-        agent = Agent.create(name=name.strip()[:200], credits=credits)
+        agent = Agent.create(name=name, credits=credits)
         for skill in skills:
             AgentSkill.create(agent=agent, skill=skill)
         if credits:
             CreditLedger.create(agent=agent, amount=credits, balance_after=credits, note="initial credits", actor=actor)
     return agent_dict(agent, skills)
+
+
+def check_name_free(name, agent_id=None):
+    """The name as stored; agent names are unique without regard to case, so a
+    duplicate gets a clear 409 here rather than the unique index's error."""
+    name = name.strip()[:200]
+    query = Agent.select(Agent.id).where(peewee.fn.LOWER(Agent.name) == name.lower())
+    if agent_id is not None:
+        query = query.where(Agent.id != agent_id)
+    other = query.first()
+    if other is not None:
+        raise AdminError(409, f"An agent named '{name}' already exists (id {other.id}): choose another name.")
+    return name
 
 
 def list_agents():
@@ -130,7 +144,7 @@ def update_agent(agent_id, name=None, skills=None):
         if name is not None:
             if not isinstance(name, str) or not name.strip():
                 raise AdminError(400, "'name' must be a non-empty string.")
-            agent.name = name.strip()[:200]
+            agent.name = check_name_free(name, agent.id)
             agent.save()
         if skills is not None:
             skills = parse_skills(skills)
@@ -249,15 +263,25 @@ def usage_dict(r):
     return d
 
 
-def usage_query(filters):
-    q = UsageRecord.select()
+def where_ids(q, model, filters):
+    """`q` narrowed to the filter's agent_id and key_id (on `model`'s columns of those names)."""
     for field in ("agent_id", "key_id"):
         if filters.get(field) not in (None, ""):
             number = row_id(filters[field])
             if number is None:
                 raise AdminError(400, f"'{field}' must be a number.")
-            q = q.where(getattr(UsageRecord, field) == number)
-    for field in ("provider", "status", "model", "route", "request_id"):
+            q = q.where(getattr(model, field) == number)
+    return q
+
+
+def usage_query(filters):
+    q = where_ids(UsageRecord.select(), UsageRecord, filters)
+    status = filters.get("status")
+    if status == "failed":  # every call that did not complete
+        q = q.where(UsageRecord.status != "completed")
+    elif status:
+        q = q.where(UsageRecord.status == status)
+    for field in ("provider", "model", "route", "request_id"):
         if filters.get(field):
             q = q.where(getattr(UsageRecord, field) == filters[field])
     since = parse_time(filters.get("since"), "since")

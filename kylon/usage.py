@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import peewee
 
-from . import metrics
+from . import metrics, rollups
 from .calls.recovery import answer_entry, open_entry, progress_of, recovered_records
 from .models import Agent, UsageRecord, database
 
@@ -123,6 +123,7 @@ def write_batch(records):
         with database.atomic():
             insert_records(records)
             debit(records)
+            rollups.add(records)
         return len(records)
     except peewee.IntegrityError:
         pass
@@ -142,6 +143,7 @@ def write_batch(records):
         if fresh:
             insert_records(fresh)
             debit(fresh)
+            rollups.add(fresh)
     return len(fresh)
 
 

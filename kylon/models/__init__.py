@@ -14,8 +14,9 @@ from .pricing import PriceOverride, Setting
 from .migrations import SCHEMA_VERSION, upgrade
 from .upload import UploadSession
 from .holds import CreditHold
+from .rollup import UsageRollup
 
-ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold]
+ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, UsageRollup]
 
 
 def open_database(url):

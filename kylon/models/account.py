@@ -6,7 +6,7 @@ from .base import BaseModel, CreditsField, utcnow
 
 
 class Agent(BaseModel):
-    name = peewee.CharField(max_length=200)
+    name = peewee.CharField(max_length=200, unique=True)
     credits = CreditsField(default=0)
     created_at = peewee.DateTimeField(default=utcnow)
 

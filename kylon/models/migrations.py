@@ -12,7 +12,9 @@ import logging
 import peewee
 from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate
 
+from .account import Agent
 from .pricing import Setting
+from .rollup import UsageRollup
 from .usage import UsageRecord
 
 log = logging.getLogger("kylon.migrations")
@@ -23,7 +25,40 @@ def _v2_upstream_request_id(migrator):
     migrate(migrator.add_column("usagerecord", "upstream_request_id", UsageRecord.upstream_request_id))
 
 
-STEPS = {2: _v2_upstream_request_id}
+def _unique_agent_names():
+    """Agents sharing a name (compared without case) keep it on the oldest;
+    each later one becomes "name #id", so the unique index can be made."""
+    taken = set()
+    for agent in Agent.select().order_by(Agent.id):
+        name = agent.name
+        while name.lower() in taken:
+            name = f"{name} #{agent.id}"[:200]
+        if name != agent.name:
+            log.warning("agent %d renamed from %r to %r: agent names are unique now", agent.id, agent.name, name)
+            Agent.update(name=name).where(Agent.id == agent.id).execute()
+        taken.add(name.lower())
+
+
+def _add_index(migrator, table, columns, unique=False):
+    # A database made by create_tables already has the models' indexes.
+    if not any(i.columns == list(columns) for i in migrator.database.get_indexes(table)):
+        migrate(migrator.add_index(table, columns, unique))
+
+
+def _v3_console(migrator):
+    # The admin console: unique agent names, usage by agent or key over time,
+    # and the hourly and daily rollups the overview reads.
+    from .. import rollups
+
+    _unique_agent_names()
+    _add_index(migrator, "agent", ("name",), unique=True)
+    _add_index(migrator, "usagerecord", ("agent_id", "started_at"))
+    _add_index(migrator, "usagerecord", ("key_id", "started_at"))
+    UsageRollup.create_table(safe=True)
+    rollups.rebuild()
+
+
+STEPS = {2: _v2_upstream_request_id, 3: _v3_console}
 SCHEMA_VERSION = max(STEPS)
 
 

@@ -47,3 +47,7 @@ class UsageRecord(BaseModel):
     started_at = peewee.DateTimeField(index=True)
     duration_ms = peewee.IntegerField(default=0)
     ttfb_ms = peewee.IntegerField(null=True)
+
+    class Meta:
+        # An agent's or a key's calls over time (the usage page's filters, the agent page).
+        indexes = ((("agent_id", "started_at"), False), (("key_id", "started_at"), False))

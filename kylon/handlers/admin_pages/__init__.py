@@ -17,7 +17,7 @@ from .keys import KeyRevokePage, KeysPage
 from .login import LoginPage, LogoutPage
 from .overview import OverviewPage
 from .pricing import PricingDeletePage, PricingPage
-from .usage import UsageCsvPage, UsagePage
+from .usage import UsageCsvPage, UsagePage, UsageRecordPage
 
 __all__ = ["default_handlers", "template_environment"]
 
@@ -33,6 +33,7 @@ default_handlers = [
     (r"/admin/keys/([0-9]+)/revoke", KeyRevokePage),
     (r"/admin/usage", UsagePage),
     (r"/admin/usage.csv", UsageCsvPage),
+    (r"/admin/usage/([A-Za-z0-9_.:-]+)", UsageRecordPage),
     (r"/admin/pricing", PricingPage),
     (r"/admin/pricing/delete", PricingDeletePage),
     (r"/admin/gates", GatesPage),

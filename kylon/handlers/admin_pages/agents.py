@@ -4,10 +4,42 @@ from decimal import Decimal, InvalidOperation
 
 import tornado.web
 
-from ... import admin
-from ...admin import AdminError
+from ... import admin, admin_reports
+from ...admin import CHART_RANGES, AdminError
 from .base import AdminPage, format_credits
 from .keys import with_state
+
+# The agents list's sort orders: how each reads its value from a row.
+SORTS = {
+    "name": lambda a: a["name"].lower(),
+    "balance": lambda a: Decimal(a["credits"]),
+    "today": lambda a: Decimal(a["today"]),
+    "month": lambda a: Decimal(a["month"]["credits"]),
+    "requests": lambda a: a["month"]["requests"],
+    "errors": lambda a: a["month"]["error_rate"],
+    "last_call": lambda a: a["last_used_at"] or "",
+}
+NO_USE = {"requests": 0, "failed": 0, "error_rate": 0.0, "input_tokens": 0, "output_tokens": 0, "credits": "0"}
+
+
+def agents_table(agents, summary, search, sort, descending):
+    """The agents with this month's figures, those matching `search`, sorted."""
+    rows = []
+    for agent in agents:
+        if search and search.lower() not in agent["name"].lower():
+            continue
+        found = summary.get(agent["id"], {})
+        rows.append(
+            {
+                **agent,
+                "state": admin_reports.balance_state(agent["credits"]),
+                "today": found.get("today", "0"),
+                "month": found.get("month", NO_USE),
+                "active_keys": found.get("active_keys", 0),
+                "last_used_at": found.get("last_used_at"),
+            }
+        )
+    return sorted(rows, key=SORTS[sort], reverse=descending)
 
 
 def split_skills(text):
@@ -18,10 +50,26 @@ class AgentsPage(AdminPage):
     nav = "agents"
 
     async def get(self):
-        agents = await self.services.db.run(admin.list_agents)
+        search = self.get_argument("q", "").strip()
+        sort = self.get_argument("sort", "name")
+        sort = sort if sort in SORTS else "name"
+        descending = self.get_argument("dir", "asc" if sort == "name" else "desc") == "desc"
+
+        def work():
+            return admin.list_agents(), admin_reports.agents_summary()
+
+        agents, summary = await self.services.db.run(work)
         # Balances less the debits this process has not committed yet.
         agents = [self.services.balances.shown(a) for a in agents]
-        self.render_page("agents.html", agents=agents)
+        self.render_page(
+            "agents.html",
+            agents=agents_table(agents, summary, search, sort, descending),
+            total=len(agents),
+            search=search,
+            sort=sort,
+            descending=descending,
+            low_balance=admin_reports.LOW_BALANCE,
+        )
 
     async def post(self):
         name = self.get_body_argument("name", "")
@@ -37,19 +85,32 @@ class AgentPage(AdminPage):
     nav = "agents"
 
     async def get(self, agent_id):
+        range_name = self.get_argument("range", "7d")
+        range_name = range_name if range_name in CHART_RANGES else "7d"
+        by = "provider" if self.get_argument("by", "") == "provider" else "model"
+
         def work():
             return {
                 "agent": admin.agent_detail(agent_id),
                 "ledger": admin.ledger(agent_id),
                 "keys": with_state(admin.list_keys(agent_id)),
+                "report": admin_reports.agent_report(agent_id, range_name, by),
             }
 
         try:
             data = await self.services.db.run(work)
         except AdminError as e:
             raise tornado.web.HTTPError(e.status, e.message)
-        data["agent"] = self.services.balances.shown(data["agent"])
-        self.render_page("agent.html", **data)
+        agent = data["agent"] = self.services.balances.shown(data["agent"])
+        self.render_page(
+            "agent.html",
+            state=admin_reports.balance_state(agent["credits"]),
+            low_balance=admin_reports.LOW_BALANCE,
+            ranges=list(CHART_RANGES),
+            range=range_name,
+            by=by,
+            **data,
+        )
 
 
 class AgentEditPage(AdminPage):

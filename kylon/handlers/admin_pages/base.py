@@ -49,6 +49,31 @@ def format_number(value):
     return f"{int(value or 0):,}"
 
 
+CENT = Decimal("0.01")
+
+
+def format_money(value, sign=False):
+    """Money one way on every page: whole cents (the "$" mark comes from the
+    stylesheet, so copied figures stay numbers), the exact figure on hover and
+    in data-exact. An amount under a cent shows as <0.01, never as 0.00."""
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        return value
+    cents = abs(d).quantize(CENT)
+    tiny = d != 0 and cents == 0
+    exact = f"{d.normalize():f}" if d else "0"
+    mark = "-" if d < 0 else ("+" if sign and d > 0 else "")
+    title = f"exactly {'-' if d < 0 else ''}${exact.lstrip('-')}"
+    return markupsafe.Markup('{}{}<span class="money" title="{}" data-exact="{}">{}</span>').format(
+        mark, "<" if tiny else "", title, exact, "0.01" if tiny else f"{cents:,f}"
+    )
+
+
+def format_percent(value):
+    return f"{float(value or 0) * 100:.1f}%"
+
+
 def template_environment(template_path):
     """The admin pages' Jinja environment, every template compiled: made once
     at start-up (application setting `jinja_env`), so no page reads a file on
@@ -59,7 +84,9 @@ def template_environment(template_path):
         undefined=jinja2.StrictUndefined,
         auto_reload=False,
     )
-    env.filters.update(when=format_time, credits=format_credits, number=format_number)
+    env.filters.update(
+        when=format_time, credits=format_credits, number=format_number, money=format_money, percent=format_percent
+    )
     for name in env.list_templates(extensions=["html"]):
         env.get_template(name)
     return env

@@ -3,7 +3,7 @@
 import urllib.parse
 
 from ... import admin
-from ...billing import PRICE_FIELDS
+from ...billing import PRICE_FIELDS, lookup_price
 from .base import AdminPage
 
 
@@ -11,26 +11,38 @@ def price_fields(price):
     return {f: getattr(price, f) for f in PRICE_FIELDS}
 
 
-def price_rows(book, providers, by_key, show):
-    """One row per provider and model that has a default or an override
-    (only `show`'s when it names a provider)."""
+def price_rows(book, providers, by_key, show, search=""):
+    """One row per provider and model that has a default or an override (only
+    `show`'s when it names a provider, only models containing `search`), with
+    the shipped default beside each field an override sets."""
     rows = []
     for provider in sorted(providers):
         if show and provider != show:
             continue
         models = set(book.defaults.get(provider, {})) | {m for p, m in by_key if p == provider}
-        for model in sorted(models):
+        for model in sorted(m for m in models if search.lower() in m.lower()):
             price, fallback = book.price(provider, model)
+            override = by_key.get((provider, model))
+            default = lookup_price(book.defaults.get(provider, {}), model) or book.fallbacks.get(provider)
             rows.append(
                 {
                     "provider": provider,
                     "model": model,
                     "price": price_fields(price),
-                    "override": by_key.get((provider, model)),
+                    "override": override,
+                    "overridden": {f for f in PRICE_FIELDS if override and override.get(f) is not None},
+                    "default": price_fields(default) if default else {},
                     "fallback": fallback,
                 }
             )
     return rows
+
+
+def price_data_info(book):
+    """The shipped price data's version and date, once the price data file
+    provides them (as PriceBook.data_version and .data_date); None before."""
+    version, date = getattr(book, "data_version", None), getattr(book, "data_date", None)
+    return {"version": version, "date": date} if version or date else None
 
 
 def editing_values(book, by_key, edit):
@@ -53,10 +65,13 @@ class PricingPage(AdminPage):
         show = self.get_argument("show", "") or edit["provider"]
         if show not in self.services.providers:
             show = ""
+        search = self.get_argument("q", "").strip()
         fallbacks = [{"provider": p, "price": price_fields(book.fallbacks[p])} for p in sorted(book.fallbacks)]
         self.render_page(
             "pricing.html",
-            rows=price_rows(book, self.services.providers, by_key, show),
+            rows=price_rows(book, self.services.providers, by_key, show, search),
+            search=search,
+            price_data=price_data_info(book),
             fallbacks=fallbacks,
             fields=PRICE_FIELDS,
             providers=sorted(self.services.providers),
