@@ -8,7 +8,7 @@ here applies to the very next proxy call.
 import json
 from decimal import Decimal
 
-from .. import admin
+from .. import admin, admin_config
 from ..admin import AdminError
 from ..digest import matches_hash, sha256_hex
 from .base import BaseHandler
@@ -155,14 +155,14 @@ class PricesHandler(AdminAPIHandler):
                 for provider, table in sorted(book.defaults.items())
                 for model, p in sorted(table.items())
             ]
-            return {"defaults": defaults, "overrides": admin.list_price_overrides()}
+            return {"defaults": defaults, "overrides": admin_config.list_price_overrides()}
 
         await self.call(listing)
 
     async def put(self):
         async def work():
             body = self.json_body()
-            result = await self.call(admin.set_price_override, body.get("provider"), body.get("model"), body)
+            result = await self.call(admin_config.set_price_override, body.get("provider"), body.get("model"), body)
             if result is not None:
                 await self.services.pricebook.reload(self.services.db)
 
@@ -170,7 +170,7 @@ class PricesHandler(AdminAPIHandler):
 
     async def delete(self):
         provider, model = self.get_argument("provider", ""), self.get_argument("model", "")
-        await self.services.db.run(admin.delete_price_override, provider, model)
+        await self.services.db.run(admin_config.delete_price_override, provider, model)
         await self.services.pricebook.reload(self.services.db)
         self.set_status(204)
         self.finish()
@@ -178,7 +178,7 @@ class PricesHandler(AdminAPIHandler):
 
 class GatesHandler(AdminAPIHandler):
     async def get(self):
-        await self.call(lambda: {"data": admin.list_gates()})
+        await self.call(lambda: {"data": admin_config.list_gates()})
 
     # The cache is refreshed before the answer: a proxy call the admin makes
     # after the answer already meets the changed gate.
@@ -186,7 +186,7 @@ class GatesHandler(AdminAPIHandler):
         async def work():
             body = self.json_body()
             result = await self.services.db.run(
-                admin.set_gate, body.get("provider"), body.get("route") or "", body.get("skill")
+                admin_config.set_gate, body.get("provider"), body.get("route") or "", body.get("skill")
             )
             await self.services.cache.refresh()
             self.write_json(result)
@@ -197,7 +197,7 @@ class GatesHandler(AdminAPIHandler):
 class GateHandler(AdminAPIHandler):
     async def delete(self, gate_id):
         async def work():
-            await self.services.db.run(admin.delete_gate, gate_id)
+            await self.services.db.run(admin_config.delete_gate, gate_id)
             await self.services.cache.refresh()
             self.set_status(204)
             self.finish()
