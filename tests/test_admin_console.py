@@ -64,7 +64,8 @@ def spend_story(kylon, fake_openai):
     dear = unique("dear-model")
     price = {"provider": "openai", "model": dear, "input": "100000", "output": "100000"}
     assert kylon.admin("PUT", "/prices", json=price).status_code == 200
-    rich = named_agent(kylon, "10")
+    # Enough for the dear call's hold (its 4,096 default output tokens at 100,000 a million).
+    rich = named_agent(kylon, "1000")
     key = kylon.create_key(rich["id"], name=unique("key"))
     ids = [chat(kylon, key["key"], dear), chat(kylon, key["key"], "gpt-4o-mini")]
     with pytest.raises(openai.InternalServerError):
