@@ -16,7 +16,8 @@ helpers in helpers.py (the understanding routes) and upload_urls.py.
 import re
 from urllib.parse import unquote
 
-from ...billing import Price, Usage
+from ...billing import Usage
+from ...prices import table
 from ..base import Provider, Route, integer, json_or_none, member
 from . import helpers
 
@@ -110,29 +111,12 @@ class Gemini(Provider):
     ]
 
     # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
-    # prices for prompts up to 200k tokens (text/image/video input; audio input
-    # costs more on some models). Cached input: 0.1x of input on 2.5 and later
-    # models, 0.25x on 2.0.
-    prices = {
-        "gemini-3-pro-preview": Price.of(input="2.00", cached_input="0.20", output="12.00"),
-        "gemini-3-flash-preview": Price.of(input="0.50", cached_input="0.05", output="3.00"),
-        "gemini-2.5-pro": Price.of(input="1.25", cached_input="0.125", output="10.00"),
-        "gemini-2.5-flash": Price.of(input="0.30", cached_input="0.03", output="2.50"),
-        "gemini-2.5-flash-preview-09-2025": Price.of(input="0.30", cached_input="0.03", output="2.50"),
-        "gemini-2.5-flash-lite": Price.of(input="0.10", cached_input="0.01", output="0.40"),
-        "gemini-2.5-flash-lite-preview-09-2025": Price.of(input="0.10", cached_input="0.01", output="0.40"),
-        "gemini-2.5-flash-image": Price.of(input="0.30", cached_input="0.03", output="30.00"),
-        "gemini-2.0-flash": Price.of(input="0.10", cached_input="0.025", output="0.40"),
-        "gemini-2.0-flash-lite": Price.of(input="0.075", output="0.30"),
-        # The -latest aliases (gemini-flash-latest …) point at the 2.5 models.
-        "gemini-pro": Price.of(input="1.25", cached_input="0.125", output="10.00"),
-        "gemini-flash": Price.of(input="0.30", cached_input="0.03", output="2.50"),
-        "gemini-flash-lite": Price.of(input="0.10", cached_input="0.01", output="0.40"),
-        "gemini-embedding-001": Price.of(input="0.15"),
-    }
-    # Unknown models are charged like the dearest common one (3 Pro beyond
-    # 200k tokens of prompt), and flagged.
-    fallback_price = Price.of(input="4.00", output="18.00")
+    # prices: kylon/prices.json, from genai-prices (tiers above 200k prompt
+    # tokens, audio/image/video rates, cached audio, search grounding; the
+    # -latest aliases by its match rules). Unknown models pay the dearest
+    # current Gemini's price, flagged.
+    prices = table("gemini")
+    fallback_price = prices.fallback
 
     def __init__(self):
         super().__init__()
