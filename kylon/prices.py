@@ -122,6 +122,11 @@ class PriceTable(dict):
         self.day = day
 
     def match(self, model):
+        """The Price of the model `model` belongs to by the match rules, or None."""
+        found = self.matching_id(model)
+        return None if found is None else self[found]
+
+    def matching_id(self, model):
         name = model.lower()
         found = self._first_match(name)
         if found is None:
@@ -134,7 +139,7 @@ class PriceTable(dict):
         for entry in self.block["models"]:
             rule = entry.get("match")
             if rule is not None and matches(rule, name):
-                return self[entry["id"]]
+                return entry["id"]
         return None
 
 

@@ -54,6 +54,16 @@ BILLED_KEYS = {
 # price of one image input token.
 UNIT_RATES = {"openai": "input_image_mtok", "openrouter": None}
 
+# Models the SDKs name (openai's ChatModel, anthropic's Model) that genai-prices
+# 0.2.3 has no price for: listed so the gap is explicit; they pay the
+# provider's fallback price, flagged, until genai-prices prices them.
+NO_SOURCE = "named by the official SDK, not priced by genai-prices"
+UNKNOWN = {
+    "openai": ["gpt-6.2-astra", "gpt-6.2-sol"],
+    "anthropic": ["claude-mythos-5", "claude-mythos-5-1", "claude-mythos-preview"],
+    "anthropic-vertex": ["claude-mythos-5", "claude-mythos-5-1", "claude-mythos-preview"],
+}
+
 OPENAI_IMAGES = "OpenAI pricing page, Image generation (per image), as kept in Kylon since DALL-E launched"
 ELEVENLABS = ("ElevenLabs pricing page: Creator plan $0.30 per 1,000 credits; Multilingual v1/v2, v3 and "
               "English v1 spend 1 credit a character, Flash and Turbo 0.5")
@@ -178,6 +188,7 @@ def provider_block(kylon_name, genai_id):
         for provider, model, per_unit, note in OWN_ENTRIES
         if provider == kylon_name
     ]
+    skipped.update({model: NO_SOURCE for model in UNKNOWN.get(kylon_name, ())})
     current = [m for m in models if not m.get("deprecated")]
     dearest = max(current, key=dearness)["id"] if current else None
     unit_prices = [Decimal(m["prices"][-1]["rates"]["per_unit"]) for m in models if "per_unit" in m["prices"][-1]["rates"]]

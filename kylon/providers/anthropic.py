@@ -47,8 +47,30 @@ def usage_from_fields(fields):
         input_tokens=integer(fields, "input_tokens") + cache_write + cache_read,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
+        # The part of the writes kept an hour (2x input; 5 minutes is 1.25x).
+        cache_write_1h_tokens=integer(fields, "cache_creation", "ephemeral_1h_input_tokens"),
         output_tokens=integer(fields, "output_tokens"),
+        tool_calls=server_tool_calls(fields.get("server_tool_use")),
+        service_tier=string(fields, "service_tier"),
+        speed=string(fields, "speed"),
     )
+
+
+# server_tool_use counts -> Kylon's tool names (web fetches cost only their tokens).
+_SERVER_TOOLS = {"web_search_requests": "web_search", "web_fetch_requests": "web_fetch"}
+
+
+def server_tool_calls(counts):
+    """{tool: calls} from Anthropic's `server_tool_use`, or None."""
+    if not isinstance(counts, dict):
+        return None
+    calls = {tool: integer(counts, key) for key, tool in _SERVER_TOOLS.items() if integer(counts, key)}
+    return calls or None
+
+
+def string(fields, key):
+    value = fields.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def message_usage(body):
@@ -76,7 +98,7 @@ def message_event(exchange, event):
         if isinstance(fields, dict):
             # Figures so far, field by field: later events supersede earlier ones.
             seen = exchange.usage_fields
-            seen.update({k: v for k, v in fields.items() if isinstance(v, int)})
+            seen.update({k: v for k, v in fields.items() if isinstance(v, (int, str, dict))})
             exchange.usage = usage_from_fields(seen)
             if name == b"message_delta":
                 exchange.usage_final = True

@@ -30,9 +30,18 @@ def chat_usage(body):
         input_tokens=integer(usage, "prompt_tokens"),
         cached_input_tokens=integer(usage, "prompt_tokens_details", "cached_tokens"),
         cache_write_tokens=integer(usage, "prompt_tokens_details", "cache_write_tokens"),
+        audio_input_tokens=integer(usage, "prompt_tokens_details", "audio_tokens"),
         output_tokens=integer(usage, "completion_tokens"),
         reasoning_tokens=integer(usage, "completion_tokens_details", "reasoning_tokens"),
+        audio_output_tokens=integer(usage, "completion_tokens_details", "audio_tokens"),
+        service_tier=text(body, "service_tier"),
     )
+
+
+def text(body, key):
+    """body[key] when it is a string (the service tier OpenAI answers with), else ""."""
+    value = body.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def ask_for_stream_usage(exchange, body):
@@ -99,7 +108,25 @@ def responses_usage(body):
         cache_write_tokens=integer(usage, "input_tokens_details", "cache_write_tokens"),
         output_tokens=integer(usage, "output_tokens"),
         reasoning_tokens=integer(usage, "output_tokens_details", "reasoning_tokens"),
+        tool_calls=response_tool_calls(body.get("output")),
+        service_tier=text(body, "service_tier"),
     )
+
+
+# Responses output items that OpenAI bills per call, by Kylon's tool name.
+_BILLED_CALLS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+
+
+def response_tool_calls(output):
+    """{tool: calls} of a response's web and file search calls, or None."""
+    calls = None
+    if isinstance(output, list):
+        for item in output:
+            name = _BILLED_CALLS.get(item.get("type")) if isinstance(item, dict) else None
+            if name is not None:
+                calls = calls or {}
+                calls[name] = calls.get(name, 0) + 1
+    return calls
 
 
 _RESPONSE_FINAL = (b"response.completed", b"response.failed", b"response.incomplete")
@@ -129,7 +156,8 @@ def responses_event(exchange, event):
 # GPT image models report token usage, with text and image input priced apart:
 # text input tokens are billed as input tokens, image input tokens as units
 # "image_input_tokens" (per_unit is the price of one such token), output
-# tokens (the image, and gpt-image-1.5's few text tokens) at the output price.
+# tokens at the output price, those `output_tokens_details` calls image tokens
+# at the image output price where the model has one (gpt-image-1.5).
 # DALL-E models report no usage: they are billed per image ("images"), the
 # price depending on size and quality, looked up as the price tier
 # "<model> <quality> <size>" or "<model> <size>" when the table has one.
@@ -159,6 +187,8 @@ def image_usage(body):
         return Usage(
             input_tokens=max(integer(usage, "input_tokens") - image_input, 0),
             output_tokens=integer(usage, "output_tokens"),
+            # The rest of the output is text (gpt-image-1.5 and later price it apart).
+            image_output_tokens=integer(usage, "output_tokens_details", "image_tokens"),
             unit="image_input_tokens" if image_input else "",
             units=Decimal(image_input),
         )

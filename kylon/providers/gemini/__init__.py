@@ -51,13 +51,56 @@ def gemini_usage(body):
     if not isinstance(meta, dict):
         return None
     thoughts = integer(meta, "thoughtsTokenCount")
+    prompt = by_modality(meta.get("promptTokensDetails"), meta.get("toolUsePromptTokensDetails"))
+    cached = by_modality(meta.get("cacheTokensDetails"))
+    output = by_modality(meta.get("candidatesTokensDetails"))
     return Usage(
-        # promptTokenCount already includes the cached tokens.
+        # promptTokenCount already includes the cached tokens; the tools'
+        # prompt (search results fed back) is input too.
         input_tokens=integer(meta, "promptTokenCount") + integer(meta, "toolUsePromptTokenCount"),
         cached_input_tokens=integer(meta, "cachedContentTokenCount"),
+        audio_input_tokens=prompt.get("AUDIO", 0),
+        cached_audio_input_tokens=cached.get("AUDIO", 0),
+        image_input_tokens=prompt.get("IMAGE", 0),
+        cached_image_input_tokens=cached.get("IMAGE", 0),
+        video_input_tokens=prompt.get("VIDEO", 0),
         output_tokens=integer(meta, "candidatesTokenCount") + thoughts,
         reasoning_tokens=thoughts,
+        audio_output_tokens=output.get("AUDIO", 0),
+        image_output_tokens=output.get("IMAGE", 0),
+        video_output_tokens=output.get("VIDEO", 0),
+        tool_calls=grounding_searches(body),
     )
+
+
+def by_modality(*lists):
+    """{modality: tokens} of Gemini's *TokensDetails lists. DOCUMENT (PDF
+    pages) counts as IMAGE, as genai-prices bills it."""
+    counts = {}
+    for details in lists:
+        for item in details if isinstance(details, list) else ():
+            tokens = integer(item, "tokenCount")
+            modality = member(item, "modality")
+            if tokens and isinstance(modality, str):
+                modality = "IMAGE" if modality == "DOCUMENT" else modality
+                counts[modality] = counts.get(modality, 0) + tokens
+    return counts
+
+
+def grounding_searches(body):
+    """{"web_search": n} for a call grounded with Google Search, or None.
+    Gemini 3 and later are billed per search query the model ran; earlier
+    models per grounded prompt (one, however many queries)."""
+    queries = 0
+    for candidate in member(body, "candidates") or ():
+        found = member(member(candidate, "groundingMetadata"), "webSearchQueries")
+        queries += len(found) if isinstance(found, list) else 0
+    if not queries:
+        return None
+    version = member(body, "modelVersion")
+    if isinstance(version, str) and version.startswith(("gemini-1", "gemini-2")):
+        queries = 1
+    return {"web_search": queries}
 
 
 def stream_event(exchange, event):
