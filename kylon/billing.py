@@ -251,7 +251,10 @@ class PriceBook:
         """Read the operator's overrides again (after an admin change, and
         periodically for changes made by other processes); the one place they
         are loaded."""
-        self.overrides = await db.run(load_price_overrides)
+        overrides = await db.run(load_price_overrides)
+        # Unchanged: keep the dict, and with it every cached lookup.
+        if overrides != self.overrides:
+            self.overrides = overrides
 
     def price(self, provider, model):
         """(Price, is_fallback)"""

@@ -120,6 +120,7 @@ class PriceTable(dict):
         base = self[fallback["model"]] if fallback["model"] else Price()
         self.fallback = base.overridden({"per_unit": Decimal(fallback["per_unit"])})
         self.day = day
+        self._matched = {}
 
     def match(self, model):
         """The Price of the model `model` belongs to by the match rules, or None."""
@@ -127,6 +128,16 @@ class PriceTable(dict):
         return None if found is None else self[found]
 
     def matching_id(self, model):
+        """The id of the model `model` belongs to, or None (remembered: the
+        rules are scanned once per name, whatever clears the PriceBook's cache)."""
+        if model in self._matched:
+            return self._matched[model]
+        if len(self._matched) >= 4096:
+            self._matched.clear()
+        found = self._matched[model] = self._scan(model)
+        return found
+
+    def _scan(self, model):
         name = model.lower()
         found = self._first_match(name)
         if found is None:
