@@ -143,7 +143,8 @@ def test_disconnect_mid_stream_closes_upstream(kylon, fake_gemini, agent_key):
     # The first chunk's usageMetadata gave the prompt; one chunk of output was seen.
     assert record["input_tokens"] == fake_wire.PROMPT_TOKENS and record["output_tokens"] == 1
     assert record["fallback_price"] is True
-    expected = (fake_wire.PROMPT_TOKENS * Decimal("4") + 1 * Decimal("18")) / 1_000_000
+    # The dearest current Gemini (gemini-4-argon from 2026-12-01): 4 input, 20 output.
+    expected = (fake_wire.PROMPT_TOKENS * Decimal("4") + 1 * Decimal("20")) / 1_000_000
     assert Decimal(record["credits"]) == expected
     assert kylon.balance(agent["id"]) == Decimal("100") - expected
 

@@ -359,8 +359,8 @@ def test_a_model_named_after_a_large_file_is_unknown_not_guessed(kylon, fake_ope
     assert response.status_code == 200 and fake_openai.last().body == body
     record = kylon.usage(response.headers["x-kylon-request-id"])
     assert record["model"] == "" and record["fallback_price"] is True
-    # OpenAI's fallback: text 5.00 and output 20.00 per 1M tokens, image input tokens at gpt-image-1's 10.00.
-    expected = (wire.IMAGE_TEXT_TOKENS * 5 + wire.IMAGE_INPUT_TOKENS * 10 + wire.IMAGE_OUTPUT_TOKENS * 20) / Decimal(10**6)
+    # OpenAI's fallback (o1-pro): text 150 and output 600 per 1M tokens, image input tokens at gpt-image-1's 10.00.
+    expected = (wire.IMAGE_TEXT_TOKENS * 150 + wire.IMAGE_INPUT_TOKENS * 10 + wire.IMAGE_OUTPUT_TOKENS * 600) / Decimal(10**6)
     assert Decimal(record["credits"]) == expected
     assert kylon.balance(agent["id"]) == Decimal("100") - expected
 
@@ -427,7 +427,7 @@ def test_an_image_call_holds_its_images_not_its_upload_bytes():
     edits = next(route for route in provider.routes if route.name == "images.edits")
     exchange = Exchange("req_test", edits, "/v1/images/edits", request_bytes=50 * 1024 * 1024)
     hold = credits_for(provider.hold_usage(exchange), provider.fallback_price)
-    assert hold == (6240 * Decimal("20.00")) / 1_000_000 + Decimal("0.00001")
+    assert hold == (6240 * Decimal("600.00")) / 1_000_000 + Decimal("0.00001")
     generations = next(route for route in provider.routes if route.name == "images.generations")
     exchange = Exchange("req_test", generations, "/v1/images/generations", request_json={"n": 3})
     assert provider.hold_usage(exchange).units == 3

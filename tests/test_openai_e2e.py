@@ -306,8 +306,8 @@ def test_unknown_model_is_charged_the_fallback_price_and_flagged(kylon, agent_ke
     raw = client(kylon, key).chat.completions.with_raw_response.create(model="brand-new-model", messages=MESSAGES)
     record = kylon.usage(raw.headers["x-kylon-request-id"])
     assert record["fallback_price"] is True
-    # OpenAI's fallback: 5.00 input, 20.00 output per 1M tokens.
-    expected = (fake_wire.PROMPT_TOKENS * Decimal(5) + fake_wire.COMPLETION_TOKENS * Decimal(20)) / 1_000_000
+    # OpenAI's fallback, its dearest current model (o1-pro): 150 input, 600 output per 1M tokens.
+    expected = (fake_wire.PROMPT_TOKENS * Decimal(150) + fake_wire.COMPLETION_TOKENS * Decimal(600)) / 1_000_000
     assert Decimal(record["credits"]) == expected
 
 

@@ -13,9 +13,8 @@ fields present there supersede those of `message_start`).
 The functions here also serve Claude on Vertex AI (anthropic_vertex.py).
 """
 
-from decimal import Decimal
-
-from ..billing import Price, Usage
+from ..billing import Usage
+from ..prices import table
 from .base import Provider, Route, error_message, integer, json_or_none, member
 
 # The error type Anthropic's SDK maps to each exception class.
@@ -48,8 +47,30 @@ def usage_from_fields(fields):
         input_tokens=integer(fields, "input_tokens") + cache_write + cache_read,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
+        # The part of the writes kept an hour (2x input; 5 minutes is 1.25x).
+        cache_write_1h_tokens=integer(fields, "cache_creation", "ephemeral_1h_input_tokens"),
         output_tokens=integer(fields, "output_tokens"),
+        tool_calls=server_tool_calls(fields.get("server_tool_use")),
+        service_tier=string(fields, "service_tier"),
+        speed=string(fields, "speed"),
     )
+
+
+# server_tool_use counts -> Kylon's tool names (web fetches cost only their tokens).
+_SERVER_TOOLS = {"web_search_requests": "web_search", "web_fetch_requests": "web_fetch"}
+
+
+def server_tool_calls(counts):
+    """{tool: calls} from Anthropic's `server_tool_use`, or None."""
+    if not isinstance(counts, dict):
+        return None
+    calls = {tool: integer(counts, key) for key, tool in _SERVER_TOOLS.items() if integer(counts, key)}
+    return calls or None
+
+
+def string(fields, key):
+    value = fields.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def message_usage(body):
@@ -77,7 +98,7 @@ def message_event(exchange, event):
         if isinstance(fields, dict):
             # Figures so far, field by field: later events supersede earlier ones.
             seen = exchange.usage_fields
-            seen.update({k: v for k, v in fields.items() if isinstance(v, int)})
+            seen.update({k: v for k, v in fields.items() if isinstance(v, (int, str, dict))})
             exchange.usage = usage_from_fields(seen)
             if name == b"message_delta":
                 exchange.usage_final = True
@@ -96,35 +117,12 @@ def message_event(exchange, event):
     return True
 
 
-def claude_price(input, output):
-    """Anthropic's list price: cache reads at 0.1x input, 5-minute cache writes at 1.25x."""
-    base = Decimal(input)
-    return Price.of(input=input, output=output, cached_input=base / 10, cache_write=base * Decimal("1.25"))
-
-
-# Credits per million tokens (1 credit = 1 USD), Anthropic's list prices.
-# Dated snapshots (claude-sonnet-4-5-20250929, Vertex's claude-sonnet-4@20250514)
-# find their model. One-hour cache writes (2x input) are billed as 5-minute ones.
-CLAUDE_PRICES = {
-    "claude-opus-4-6": claude_price("5", "25"),
-    "claude-sonnet-4-6": claude_price("3", "15"),
-    "claude-opus-4-5": claude_price("5", "25"),
-    "claude-sonnet-4-5": claude_price("3", "15"),
-    "claude-haiku-4-5": claude_price("1", "5"),
-    "claude-opus-4-1": claude_price("15", "75"),
-    "claude-opus-4": claude_price("15", "75"),
-    "claude-opus-4-0": claude_price("15", "75"),
-    "claude-sonnet-4": claude_price("3", "15"),
-    "claude-sonnet-4-0": claude_price("3", "15"),
-    "claude-3-7-sonnet": claude_price("3", "15"),
-    "claude-3-5-sonnet": claude_price("3", "15"),
-    "claude-3-5-sonnet-v2": claude_price("3", "15"),
-    "claude-3-5-haiku": claude_price("0.80", "4"),
-    "claude-3-opus": claude_price("15", "75"),
-    "claude-3-haiku": Price.of(input="0.25", output="1.25", cached_input="0.03", cache_write="0.30"),
-}
-# Unknown models are charged like the dearest Claude, and flagged.
-CLAUDE_FALLBACK_PRICE = claude_price("15", "75")
+# Credits per million tokens (1 credit = 1 USD): kylon/prices.json, from
+# genai-prices (cache reads, 5-minute and 1-hour writes, tiers above 200k
+# prompt tokens, web searches, fast-mode prices). Dated snapshots
+# (claude-sonnet-4-5-20250929) find their model by its match rules. Unknown
+# models pay the dearest current Claude's price, flagged.
+CLAUDE_PRICES = table("anthropic")
 
 MESSAGE_ROUTES = [
     Route(r"/v1/messages", "messages", read_usage=message_usage, on_event=message_event),
@@ -143,7 +141,7 @@ class Anthropic(Provider):
     upstream_id_headers = ("request-id",)
     routes = MESSAGE_ROUTES
     prices = CLAUDE_PRICES
-    fallback_price = CLAUDE_FALLBACK_PRICE
+    fallback_price = CLAUDE_PRICES.fallback
 
     def auth_headers(self):
         return {"x-api-key": self.api_key}

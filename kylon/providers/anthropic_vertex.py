@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from tornado.ioloop import IOLoop
 
+from ..prices import table
 from . import anthropic
 from .base import Provider, Route
 
@@ -135,8 +136,9 @@ class AnthropicVertex(Provider):
         VertexRoute(r"/v1/messages/count_tokens", "messages.count_tokens", read_usage=anthropic.no_usage,
                     rewrite=vertex_body, model_in_url=False),
     ]
-    prices = anthropic.CLAUDE_PRICES
-    fallback_price = anthropic.CLAUDE_FALLBACK_PRICE
+    # Anthropic's list prices (the global endpoint's): kylon/prices.json.
+    prices = table("anthropic-vertex")
+    fallback_price = prices.fallback
 
     def configure(self, env):
         self.project = env.get("KYLON_VERTEX_PROJECT") or None

@@ -11,7 +11,7 @@ Kylon's own connection to Cerebras too) and records it at zero credits: it is
 not a model call.
 """
 
-from ..billing import Price
+from ..prices import table
 from .base import Route
 from .openai import OpenAICompatible, chat_completions_route
 
@@ -28,21 +28,9 @@ class Cerebras(OpenAICompatible):
         Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw", free=True),
     ]
 
-    # Credits per million tokens (1 credit = 1 USD), Cerebras' pay-as-you-go prices.
-    prices = {
-        "llama3.1-8b": Price.of(input="0.10", output="0.10"),
-        "llama-3.3-70b": Price.of(input="0.85", output="1.20"),
-        "gpt-oss-120b": Price.of(input="0.35", output="0.75"),
-        "qwen-3-32b": Price.of(input="0.40", output="0.80"),
-        "qwen-3-235b-a22b-instruct-2507": Price.of(input="0.60", output="1.20"),
-        "qwen-3-235b-a22b-thinking-2507": Price.of(input="0.60", output="2.90"),
-        "qwen-3-coder-480b": Price.of(input="2.00", output="2.00"),
-        "llama-4-scout-17b-16e-instruct": Price.of(input="0.65", output="0.85"),
-        "llama-4-maverick-17b-128e-instruct": Price.of(input="0.20", output="0.60"),
-        "zai-glm-4.6": Price.of(input="2.25", output="2.75"),
-    }
-    # Unknown models are charged like the dearest listed model, and flagged.
-    fallback_price = Price.of(input="2.25", output="2.90")
-
+    # Credits per million tokens (1 credit = 1 USD): kylon/prices.json, from
+    # genai-prices. Unknown models pay the dearest current model's price, flagged.
+    prices = table("cerebras")
+    fallback_price = prices.fallback
 
 provider = Cerebras()

@@ -11,7 +11,8 @@ user) cost nothing. Audio is relayed as opaque bytes as it arrives.
 
 from decimal import Decimal
 
-from ..billing import Price, Usage
+from ..billing import Usage
+from ..prices import table
 from ..errors import error_code
 from ..gates import CREDENTIALS, UNMETERED
 from .base import Provider, Route
@@ -96,22 +97,12 @@ class ElevenLabs(Provider):
               rewrite=read_tts_stream_request, hold=tts_hold),
     ]
 
-    # Credits per character (1 credit = 1 USD): ElevenLabs' Creator-plan rate of
-    # $0.30 per 1,000 credits, where Multilingual v2/v1, v3 and the English v1
-    # model spend one credit a character and Flash/Turbo half a credit.
-    prices = {
-        "eleven_v3": Price.of(per_unit="0.0003"),
-        "eleven_multilingual_v2": Price.of(per_unit="0.0003"),
-        "eleven_multilingual_v1": Price.of(per_unit="0.0003"),
-        "eleven_monolingual_v1": Price.of(per_unit="0.0003"),
-        "eleven_flash_v2_5": Price.of(per_unit="0.00015"),
-        "eleven_flash_v2": Price.of(per_unit="0.00015"),
-        "eleven_turbo_v2_5": Price.of(per_unit="0.00015"),
-        "eleven_turbo_v2": Price.of(per_unit="0.00015"),
-    }
-    # Unknown models (and pass-through paths that report a character cost) are
-    # charged like the dearest model, and flagged.
-    fallback_price = Price.of(per_unit="0.0003")
+    # Credits per character (1 credit = 1 USD): Kylon's own entries in
+    # kylon/prices.json (ElevenLabs' Creator-plan rate, see scripts/update_prices.py).
+    # Unknown models (and pass-through paths that report a character cost) pay
+    # the dearest rate, flagged.
+    prices = table("elevenlabs")
+    fallback_price = prices.fallback
 
     def auth_headers(self):
         return {"xi-api-key": self.api_key}

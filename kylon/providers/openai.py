@@ -12,7 +12,8 @@ import math
 import re
 from decimal import Decimal
 
-from ..billing import Price, Usage
+from ..billing import Usage
+from ..prices import table
 from .base import MAX_COPIES, MAX_TOKENS, Provider, Route, error_message, integer, json_or_none, member
 
 # Chat chunks carry `"usage":null` on every event once usage is requested; only
@@ -29,9 +30,18 @@ def chat_usage(body):
         input_tokens=integer(usage, "prompt_tokens"),
         cached_input_tokens=integer(usage, "prompt_tokens_details", "cached_tokens"),
         cache_write_tokens=integer(usage, "prompt_tokens_details", "cache_write_tokens"),
+        audio_input_tokens=integer(usage, "prompt_tokens_details", "audio_tokens"),
         output_tokens=integer(usage, "completion_tokens"),
         reasoning_tokens=integer(usage, "completion_tokens_details", "reasoning_tokens"),
+        audio_output_tokens=integer(usage, "completion_tokens_details", "audio_tokens"),
+        service_tier=text(body, "service_tier"),
     )
+
+
+def text(body, key):
+    """body[key] when it is a string (the service tier OpenAI answers with), else ""."""
+    value = body.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def ask_for_stream_usage(exchange, body):
@@ -98,7 +108,25 @@ def responses_usage(body):
         cache_write_tokens=integer(usage, "input_tokens_details", "cache_write_tokens"),
         output_tokens=integer(usage, "output_tokens"),
         reasoning_tokens=integer(usage, "output_tokens_details", "reasoning_tokens"),
+        tool_calls=response_tool_calls(body.get("output")),
+        service_tier=text(body, "service_tier"),
     )
+
+
+# Responses output items that OpenAI bills per call, by Kylon's tool name.
+_BILLED_CALLS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+
+
+def response_tool_calls(output):
+    """{tool: calls} of a response's web and file search calls, or None."""
+    calls = None
+    if isinstance(output, list):
+        for item in output:
+            name = _BILLED_CALLS.get(item.get("type")) if isinstance(item, dict) else None
+            if name is not None:
+                calls = calls or {}
+                calls[name] = calls.get(name, 0) + 1
+    return calls
 
 
 _RESPONSE_FINAL = (b"response.completed", b"response.failed", b"response.incomplete")
@@ -128,7 +156,8 @@ def responses_event(exchange, event):
 # GPT image models report token usage, with text and image input priced apart:
 # text input tokens are billed as input tokens, image input tokens as units
 # "image_input_tokens" (per_unit is the price of one such token), output
-# tokens (the image, and gpt-image-1.5's few text tokens) at the output price.
+# tokens at the output price, those `output_tokens_details` calls image tokens
+# at the image output price where the model has one (gpt-image-1.5).
 # DALL-E models report no usage: they are billed per image ("images"), the
 # price depending on size and quality, looked up as the price tier
 # "<model> <quality> <size>" or "<model> <size>" when the table has one.
@@ -158,6 +187,8 @@ def image_usage(body):
         return Usage(
             input_tokens=max(integer(usage, "input_tokens") - image_input, 0),
             output_tokens=integer(usage, "output_tokens"),
+            # The rest of the output is text (gpt-image-1.5 and later price it apart).
+            image_output_tokens=integer(usage, "output_tokens_details", "image_tokens"),
             unit="image_input_tokens" if image_input else "",
             units=Decimal(image_input),
         )
@@ -200,7 +231,7 @@ def describe_image_call(exchange, request, whole=True):
     size = request.get("size") or "1024x1024"
     quality = request.get("quality") or "standard"
     for tier in (f"{model} {quality} {size}", f"{model} {size}"):
-        if tier in IMAGE_PRICES:
+        if tier in PRICES:
             exchange.price_model = tier
             break
     # Until the answer says otherwise (a cut stream, a cancelled call): the
@@ -281,22 +312,9 @@ def image_hold(exchange):
     return Usage(output_tokens=HOLD_IMAGE_OUTPUT_TOKENS * n, units=Decimal(n))
 
 
-# Per image for DALL-E (by price tier, see above); per million tokens for GPT
-# image models, with `per_unit` the price of one image input token.
-IMAGE_PRICES = {
-    "gpt-image-1": Price.of(input="5.00", cached_input="1.25", output="40.00", per_unit="0.00001"),
-    "gpt-image-1-mini": Price.of(input="2.00", cached_input="0.20", output="8.00", per_unit="0.0000025"),
-    "gpt-image-1.5": Price.of(input="5.00", cached_input="1.25", output="32.00", per_unit="0.000008"),
-    "dall-e-3": Price.of(per_unit="0.04"),  # standard 1024x1024
-    "dall-e-3 standard 1024x1792": Price.of(per_unit="0.08"),
-    "dall-e-3 standard 1792x1024": Price.of(per_unit="0.08"),
-    "dall-e-3 hd 1024x1024": Price.of(per_unit="0.08"),
-    "dall-e-3 hd 1024x1792": Price.of(per_unit="0.12"),
-    "dall-e-3 hd 1792x1024": Price.of(per_unit="0.12"),
-    "dall-e-2": Price.of(per_unit="0.02"),  # 1024x1024
-    "dall-e-2 512x512": Price.of(per_unit="0.018"),
-    "dall-e-2 256x256": Price.of(per_unit="0.016"),
-}
+# Per million tokens for GPT image models (per_unit: one image input token),
+# per image for DALL-E by price tier (see above): kylon/prices.json.
+PRICES = table("openai")
 
 
 class OpenAICompatible(Provider):
@@ -347,28 +365,12 @@ class OpenAI(OpenAICompatible):
         ),
     ]
 
-    # Credits per million tokens (1 credit = 1 USD), OpenAI's list prices.
-    prices = {
-        "gpt-5.2": Price.of(input="1.75", cached_input="0.175", output="14.00"),
-        "gpt-5.1": Price.of(input="1.25", cached_input="0.125", output="10.00"),
-        "gpt-5": Price.of(input="1.25", cached_input="0.125", output="10.00"),
-        "gpt-5-mini": Price.of(input="0.25", cached_input="0.025", output="2.00"),
-        "gpt-5-nano": Price.of(input="0.05", cached_input="0.005", output="0.40"),
-        "gpt-4.1": Price.of(input="2.00", cached_input="0.50", output="8.00"),
-        "gpt-4.1-mini": Price.of(input="0.40", cached_input="0.10", output="1.60"),
-        "gpt-4.1-nano": Price.of(input="0.10", cached_input="0.025", output="0.40"),
-        "gpt-4o": Price.of(input="2.50", cached_input="1.25", output="10.00"),
-        "gpt-4o-mini": Price.of(input="0.15", cached_input="0.075", output="0.60"),
-        "o1": Price.of(input="15.00", cached_input="7.50", output="60.00"),
-        "o3": Price.of(input="2.00", cached_input="0.50", output="8.00"),
-        "o3-pro": Price.of(input="20.00", output="80.00"),
-        "o3-mini": Price.of(input="1.10", cached_input="0.55", output="4.40"),
-        "o4-mini": Price.of(input="1.10", cached_input="0.275", output="4.40"),
-        **IMAGE_PRICES,
-    }
-    # Unknown models are charged like the dearest common model, and flagged
-    # (units: an unknown GPT image model's image input tokens, at gpt-image-1's price).
-    fallback_price = Price.of(input="5.00", output="20.00", per_unit="0.00001")
+    # Credits per million tokens (1 credit = 1 USD): kylon/prices.json, from
+    # genai-prices, plus DALL-E's per-image tiers. Unknown models pay OpenAI's
+    # dearest current model's price (units: image input tokens at the dearest
+    # GPT image rate), flagged.
+    prices = PRICES
+    fallback_price = PRICES.fallback
 
 
 provider = OpenAI()

@@ -26,7 +26,7 @@ itself).
 
 from decimal import Decimal, InvalidOperation
 
-from ..billing import Price
+from ..prices import table
 from .base import Route, json_or_none
 from .openai import OpenAICompatible, chat_event, chat_usage
 
@@ -87,23 +87,11 @@ class OpenRouter(OpenAICompatible):
         Route(r"/v1/chat/completions", "chat.completions", read_usage=openrouter_usage, on_event=openrouter_event),
     ]
 
-    # Credits per million tokens, used only when OpenRouter reports no cost.
-    prices = {
-        "openai/gpt-4o-mini": Price.of(input="0.15", cached_input="0.075", output="0.60"),
-        "openai/gpt-4o": Price.of(input="2.50", cached_input="1.25", output="10.00"),
-        "openai/gpt-5": Price.of(input="1.25", cached_input="0.125", output="10.00"),
-        "openai/gpt-5-mini": Price.of(input="0.25", cached_input="0.025", output="2.00"),
-        "openai/gpt-oss-120b": Price.of(input="0.10", output="0.50"),
-        "anthropic/claude-sonnet-4.5": Price.of(input="3.00", cached_input="0.30", cache_write="3.75", output="15.00"),
-        "anthropic/claude-haiku-4.5": Price.of(input="1.00", cached_input="0.10", cache_write="1.25", output="5.00"),
-        "google/gemini-2.5-flash": Price.of(input="0.30", cached_input="0.075", output="2.50"),
-        "google/gemini-2.5-pro": Price.of(input="1.25", cached_input="0.31", output="10.00"),
-        "moonshotai/kimi-k2": Price.of(input="0.50", output="2.40"),
-        "deepseek/deepseek-chat-v3.1": Price.of(input="0.27", output="1.00"),
-        "meta-llama/llama-3.3-70b-instruct": Price.of(input="0.13", output="0.40"),
-    }
-    # An unknown model without a reported cost: charged like a dear model, flagged.
-    fallback_price = Price.of(input="15.00", output="75.00")
+    # Credits per million tokens, used only when OpenRouter reports no cost:
+    # kylon/prices.json, from genai-prices' OpenRouter table. An unknown model
+    # without a reported cost pays the dearest current model's price, flagged.
+    prices = table("openrouter")
+    fallback_price = prices.fallback
 
     def configure(self, env):
         super().configure(env)

@@ -85,7 +85,7 @@ class MessagesHandler(RecordingHandler):
             "content": [{"type": "text", "text": "".join(WORDS)}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
-            "usage": usage(),
+            "usage": self.with_test_fields(usage()),
         }
         self.set_header("request-id", "req_fake_message")
         if not stream:
@@ -106,7 +106,8 @@ class MessagesHandler(RecordingHandler):
     async def stream(self, model, message):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        started = {**message, "content": [], "stop_reason": None, "usage": usage(output_tokens=1)}
+        started = {**message, "content": [], "stop_reason": None,
+                   "usage": self.with_test_fields(usage(output_tokens=1))}
         if not await self.send("message_start", message=started):
             return
         await self.send("content_block_start", index=0, content_block={"type": "text", "text": ""})
@@ -129,7 +130,10 @@ class MessagesHandler(RecordingHandler):
             del revised["cache_creation"], revised["service_tier"]
             await self.send("message_delta", delta=end, usage=revised)
         else:
-            await self.send("message_delta", delta=end, usage={"output_tokens": OUTPUT_TOKENS})
+            # The final figures: output, and the server tools' cumulative counts.
+            final = {"output_tokens": OUTPUT_TOKENS, **{k: v for k, v in message["usage"].items()
+                                                         if k == "server_tool_use"}}
+            await self.send("message_delta", delta=end, usage=final)
         await self.send("message_stop")
         self.finish()
 

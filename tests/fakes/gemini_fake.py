@@ -131,7 +131,8 @@ class ModelCall(GeminiHandler):
         candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
         if final:
             candidate["finishReason"] = "STOP"
-            usage = usage_metadata()
+            usage = self.with_test_fields(usage_metadata())
+            candidate = self.with_test_fields(candidate, "x-fake-candidate")
         else:
             usage = {"promptTokenCount": PROMPT_TOKENS, "totalTokenCount": PROMPT_TOKENS}
         return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model,

@@ -204,8 +204,8 @@ class ChatCompletions(OpenAIHandler):
                             "logprobs": None,
                         }
                     ],
-                    "usage": chat_usage(),
-                    "service_tier": "default",
+                    "usage": self.with_test_fields(chat_usage()),
+                    **self.with_test_fields({"service_tier": "default"}, "x-fake-response"),
                 }
             )
             return
@@ -228,7 +228,9 @@ class ChatCompletions(OpenAIHandler):
                 return
         await self.send(chunk({}, "stop"))
         if include_usage and not model.startswith("no-usage-stream"):
-            await self.send(json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": chat_usage()}))
+            await self.send(json.dumps({**base, "object": "chat.completion.chunk", "choices": [],
+                                        "usage": self.with_test_fields(chat_usage()),
+                                        **self.with_test_fields({"service_tier": "default"}, "x-fake-response")}))
         await self.send("[DONE]")
         if model.endswith("linger-after-done"):
             await asyncio.sleep(3)
@@ -260,10 +262,11 @@ class Responses(OpenAIHandler):
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": [],
-            "usage": responses_usage(),
+            "usage": self.with_test_fields(responses_usage()),
             "error": None,
             "incomplete_details": None,
         }
+        response = self.with_test_fields(response, "x-fake-response")
         if not body.get("stream"):
             self.finish(response)
             return
@@ -333,7 +336,7 @@ class ImagesHandler(OpenAIHandler):
             return
         self.finish({"created": int(time.time()), "data": [{"b64_json": IMAGE_B64} for _ in range(n)],
                      "background": "opaque", "output_format": "png", "quality": "high",
-                     "size": fields.get("size") or "1024x1024", "usage": image_usage(edit)})
+                     "size": fields.get("size") or "1024x1024", "usage": self.with_test_fields(image_usage(edit))})
 
     async def stream_images(self, model, fields, edit):
         self.start_stream()
@@ -347,7 +350,8 @@ class ImagesHandler(OpenAIHandler):
             if i == 0 and not await self.pause_for(model):
                 return
         name = f"{self.kind}.completed"
-        await self.send(json.dumps({"type": name, "b64_json": IMAGE_B64, **common, "usage": image_usage(edit)}),
+        await self.send(json.dumps({"type": name, "b64_json": IMAGE_B64, **common,
+                                    "usage": self.with_test_fields(image_usage(edit))}),
                         event=name)
         self.finish()
 

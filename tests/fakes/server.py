@@ -3,6 +3,7 @@ records every request it receives, and notes when a client connection closes.
 Tests talk to it from plain synchronous code."""
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -40,6 +41,13 @@ class Received:
         return f"{self.method} {self.path}?{self.query}\n{head}\n\n" + self.body.decode("latin1")
 
 
+def merged(base, extra):
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class RecordingHandler(tornado.web.RequestHandler):
     """Base of the fakes' handlers: records the request, and when the client
     went away."""
@@ -71,6 +79,14 @@ class RecordingHandler(tornado.web.RequestHandler):
 
     def client_gone(self):
         return self.received.closed_at is not None
+
+    def with_test_fields(self, value, header="x-fake-usage"):
+        """`value` with the JSON object of the test's `header` merged in (nested
+        objects key by key): how a test makes the fake report usage fields the
+        real API sends only for some calls (audio tokens, 1-hour cache writes,
+        web searches, a service tier)."""
+        extra = self.request.headers.get(header)
+        return merged(value, json.loads(extra)) if extra else value
 
     async def sleep_unless_closed(self, seconds):
         end = time.monotonic() + seconds

@@ -16,8 +16,9 @@ helpers in helpers.py (the understanding routes) and upload_urls.py.
 import re
 from urllib.parse import unquote
 
-from ...billing import Price, Usage
+from ...billing import Usage
 from ...gates import CREDENTIALS, UNMETERED
+from ...prices import table
 from ..base import MAX_COPIES, MAX_TOKENS, Provider, Route, integer, json_or_none, member, range_problem
 from . import helpers
 
@@ -51,13 +52,56 @@ def gemini_usage(body):
     if not isinstance(meta, dict):
         return None
     thoughts = integer(meta, "thoughtsTokenCount")
+    prompt = by_modality(meta.get("promptTokensDetails"), meta.get("toolUsePromptTokensDetails"))
+    cached = by_modality(meta.get("cacheTokensDetails"))
+    output = by_modality(meta.get("candidatesTokensDetails"))
     return Usage(
-        # promptTokenCount already includes the cached tokens.
+        # promptTokenCount already includes the cached tokens; the tools'
+        # prompt (search results fed back) is input too.
         input_tokens=integer(meta, "promptTokenCount") + integer(meta, "toolUsePromptTokenCount"),
         cached_input_tokens=integer(meta, "cachedContentTokenCount"),
+        audio_input_tokens=prompt.get("AUDIO", 0),
+        cached_audio_input_tokens=cached.get("AUDIO", 0),
+        image_input_tokens=prompt.get("IMAGE", 0),
+        cached_image_input_tokens=cached.get("IMAGE", 0),
+        video_input_tokens=prompt.get("VIDEO", 0),
         output_tokens=integer(meta, "candidatesTokenCount") + thoughts,
         reasoning_tokens=thoughts,
+        audio_output_tokens=output.get("AUDIO", 0),
+        image_output_tokens=output.get("IMAGE", 0),
+        video_output_tokens=output.get("VIDEO", 0),
+        tool_calls=grounding_searches(body),
     )
+
+
+def by_modality(*lists):
+    """{modality: tokens} of Gemini's *TokensDetails lists. DOCUMENT (PDF
+    pages) counts as IMAGE, as genai-prices bills it."""
+    counts = {}
+    for details in lists:
+        for item in details if isinstance(details, list) else ():
+            tokens = integer(item, "tokenCount")
+            modality = member(item, "modality")
+            if tokens and isinstance(modality, str):
+                modality = "IMAGE" if modality == "DOCUMENT" else modality
+                counts[modality] = counts.get(modality, 0) + tokens
+    return counts
+
+
+def grounding_searches(body):
+    """{"web_search": n} for a call grounded with Google Search, or None.
+    Gemini 3 and later are billed per search query the model ran; earlier
+    models per grounded prompt (one, however many queries)."""
+    queries = 0
+    for candidate in member(body, "candidates") or ():
+        found = member(member(candidate, "groundingMetadata"), "webSearchQueries")
+        queries += len(found) if isinstance(found, list) else 0
+    if not queries:
+        return None
+    version = member(body, "modelVersion")
+    if isinstance(version, str) and version.startswith(("gemini-1", "gemini-2")):
+        queries = 1
+    return {"web_search": queries}
 
 
 def stream_event(exchange, event):
@@ -128,29 +172,12 @@ class Gemini(Provider):
     ]
 
     # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
-    # prices for prompts up to 200k tokens (text/image/video input; audio input
-    # costs more on some models). Cached input: 0.1x of input on 2.5 and later
-    # models, 0.25x on 2.0.
-    prices = {
-        "gemini-3-pro-preview": Price.of(input="2.00", cached_input="0.20", output="12.00"),
-        "gemini-3-flash-preview": Price.of(input="0.50", cached_input="0.05", output="3.00"),
-        "gemini-2.5-pro": Price.of(input="1.25", cached_input="0.125", output="10.00"),
-        "gemini-2.5-flash": Price.of(input="0.30", cached_input="0.03", output="2.50"),
-        "gemini-2.5-flash-preview-09-2025": Price.of(input="0.30", cached_input="0.03", output="2.50"),
-        "gemini-2.5-flash-lite": Price.of(input="0.10", cached_input="0.01", output="0.40"),
-        "gemini-2.5-flash-lite-preview-09-2025": Price.of(input="0.10", cached_input="0.01", output="0.40"),
-        "gemini-2.5-flash-image": Price.of(input="0.30", cached_input="0.03", output="30.00"),
-        "gemini-2.0-flash": Price.of(input="0.10", cached_input="0.025", output="0.40"),
-        "gemini-2.0-flash-lite": Price.of(input="0.075", output="0.30"),
-        # The -latest aliases (gemini-flash-latest …) point at the 2.5 models.
-        "gemini-pro": Price.of(input="1.25", cached_input="0.125", output="10.00"),
-        "gemini-flash": Price.of(input="0.30", cached_input="0.03", output="2.50"),
-        "gemini-flash-lite": Price.of(input="0.10", cached_input="0.01", output="0.40"),
-        "gemini-embedding-001": Price.of(input="0.15"),
-    }
-    # Unknown models are charged like the dearest common one (3 Pro beyond
-    # 200k tokens of prompt), and flagged.
-    fallback_price = Price.of(input="4.00", output="18.00")
+    # prices: kylon/prices.json, from genai-prices (tiers above 200k prompt
+    # tokens, audio/image/video rates, cached audio, search grounding; the
+    # -latest aliases by its match rules). Unknown models pay the dearest
+    # current Gemini's price, flagged.
+    prices = table("gemini")
+    fallback_price = prices.fallback
 
     def __init__(self):
         super().__init__()
