@@ -14,6 +14,11 @@ The model name picks a behaviour, so a test needs no set-up calls:
                     12 with revised input figures (input_tokens 11)
 Anything else answers normally with fixed usage: input 10, cache written 20,
 cache read 30, output 12.
+
+A test adds usage fields the real API reports only for some calls with an
+`x-fake-usage` header (JSON merged into the usage object; `x-fake-response`
+into the answer, `x-fake-candidate` into Gemini's candidate): see
+RecordingHandler.with_test_fields.
 """
 
 import json

@@ -12,6 +12,11 @@ The model name picks a behaviour:
   error-429 / error-400        answer with that error
   silent-stream                one chunk, then silence for 30 s (disconnect tests)
 Usage per call: prompt 11 (4 cached), tool-use prompt 2, candidates 7, thoughts 5.
+
+A test adds usage fields the real API reports only for some calls with an
+`x-fake-usage` header (JSON merged into the usage object; `x-fake-response`
+into the answer, `x-fake-candidate` into Gemini's candidate): see
+RecordingHandler.with_test_fields.
 """
 
 import hashlib

@@ -23,6 +23,11 @@ of the Content-Type is the body's own, every part well formed; or JSON with
 `image_edit.*` events). GPT image models answer base64 with usage (text 20,
 image input 500 for edits, output 1056 tokens); DALL-E models answer URLs and no
 usage. Each edit's parsed form is kept in `fake.edits` for the tests.
+
+A test adds usage fields the real API reports only for some calls with an
+`x-fake-usage` header (JSON merged into the usage object; `x-fake-response`
+into the answer, `x-fake-candidate` into Gemini's candidate): see
+RecordingHandler.with_test_fields.
 """
 
 import asyncio
