@@ -42,7 +42,8 @@ def test_sigkill_after_the_last_event_before_the_transfer_ends_is_completed(make
     """The SDK stops at [DONE]; the upstream ends its response 3 s later:
     killed in between, the call is recorded completed from its final usage."""
     k = make_kylon({"KYLON_USAGE_FLUSH_SECONDS": "60"})
-    _, key = k.agent_with_key("1")
+    # Enough for the hold of an unpriced model (the fallback is OpenAI's dearest model).
+    _, key = k.agent_with_key("10")
     client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key, max_retries=0)
     with client.chat.completions.with_streaming_response.create(
         model="gpt-4o-mini-linger-after-done", messages=MESSAGES, stream=True
