@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 
 import peewee
 
-from . import auth
+from . import audit, auth, controls
 from .models import (
     Agent,
     AgentSkill,
@@ -71,7 +71,16 @@ def agent_dict(agent, skills=None):
         "skills": sorted(skills),
         "credits": str(agent.credits),
         "created_at": agent.created_at.isoformat() + "Z",
+        **controls.shown(agent, controls.AGENT_FIELDS),
     }
+
+
+def parse_controls(body, fields):
+    """The controls (kylon/controls.py) among an admin request's fields."""
+    try:
+        return controls.parse(body or {}, fields, parse_amount)
+    except controls.ControlError as e:
+        raise AdminError(400, str(e))
 
 
 # Row ids are signed 64-bit integers in both databases: a larger number names no row.
@@ -135,20 +144,30 @@ def agent_detail(agent_id):
     return agent_dict(get_agent(agent_id))
 
 
-def update_agent(agent_id, name=None, skills=None):
+def update_agent(agent_id, name=None, skills=None, control_fields=None, actor="admin"):
+    """Rename, set the skills, set the controls (`control_fields`: the
+    request's fields, of which controls.AGENT_FIELDS are read)."""
     agent = get_agent(agent_id)
+    values = parse_controls(control_fields, controls.AGENT_FIELDS)
+    before = agent_dict(agent)
     with database.atomic():
         if name is not None:
             if not isinstance(name, str) or not name.strip():
                 raise AdminError(400, "'name' must be a non-empty string.")
             agent.name = check_name_free(name, agent.id)
-            agent.save()
+        for field, value in values.items():
+            setattr(agent, field, value)
+        agent.save()
         if skills is not None:
             skills = parse_skills(skills)
             AgentSkill.delete().where(AgentSkill.agent == agent.id).execute()
             for skill in skills:
                 AgentSkill.create(agent=agent, skill=skill)
-    return agent_dict(agent)
+        after = agent_dict(agent)
+        change = audit.changes(before, after)
+        if change:
+            audit.record(actor, "agent.update", "agent", agent.id, change)
+    return after
 
 
 def adjust_credits(agent_id, amount, note="", actor="admin"):
@@ -197,18 +216,54 @@ def parse_time(value, field):
     return t
 
 
-def create_key(agent_id, name="", expires_at=None):
+def create_key(agent_id, name="", expires_at=None, control_fields=None, actor="admin"):
+    """A new key, shown this once; `control_fields`: the request's fields,
+    of which controls.KEY_FIELDS are read (limits set at creation)."""
     agent = get_agent(agent_id)
     expires = parse_time(expires_at, "expires_at")
+    values = parse_controls(control_fields, controls.KEY_FIELDS)
     key = auth.generate_key()
-    row = ApiKey.create(
-        agent=agent,
-        name=(name if isinstance(name, str) else "")[:200],
-        prefix=auth.key_display_prefix(key),
-        key_hash=auth.hash_key(key),
-        expires_at=expires,
-    )
-    return {"id": row.id, "key": key, "prefix": row.prefix, "name": row.name, "agent_id": agent.id}
+    with database.atomic():
+        row = ApiKey.create(
+            agent=agent,
+            name=(name if isinstance(name, str) else "")[:200],
+            prefix=auth.key_display_prefix(key),
+            key_hash=auth.hash_key(key),
+            expires_at=expires,
+            **values,
+        )
+        shown = key_dict(row)
+        audit.record(actor, "key.create", "key", row.id, audit.changes({}, shown))
+    return {**shown, "key": key}
+
+
+def update_key(key_id, name=None, expires_at="", control_fields=None, actor="admin"):
+    """Rename a key, change its expiry (None clears it; "" leaves it) or its controls."""
+    row = get_key(key_id)
+    values = parse_controls(control_fields, controls.KEY_FIELDS)
+    if name is not None:
+        if not isinstance(name, str):
+            raise AdminError(400, "'name' must be a string.")
+        values["name"] = name[:200]
+    if expires_at != "":
+        values["expires_at"] = parse_time(expires_at, "expires_at")
+    before = key_dict(row)
+    with database.atomic():
+        for field, value in values.items():
+            setattr(row, field, value)
+        row.save()
+        after = key_dict(row)
+        change = audit.changes(before, after)
+        if change:
+            audit.record(actor, "key.update", "key", row.id, change)
+    return after
+
+
+def get_key(key_id):
+    try:
+        return ApiKey.get_by_id(row_id(key_id))
+    except ApiKey.DoesNotExist:
+        raise AdminError(404, f"No key with id {key_id}.")
 
 
 def key_dict(row):
@@ -224,6 +279,7 @@ def key_dict(row):
         "last_used_at": t(row.last_used_at),
         "expires_at": t(row.expires_at),
         "revoked_at": t(row.revoked_at),
+        **controls.shown(row, controls.KEY_FIELDS),
     }
 
 
@@ -235,10 +291,7 @@ def list_keys(agent_id=None):
 
 
 def revoke_key(key_id):
-    try:
-        row = ApiKey.get_by_id(row_id(key_id))
-    except ApiKey.DoesNotExist:
-        raise AdminError(404, f"No key with id {key_id}.")
+    row = get_key(key_id)
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         row.save()

@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
+from .controls import NO_LIMITS, Limits, limits_of
 from .db import repeat
 from .digest import sha256_hex
 from .gates import GateTable  # noqa: F401 (kylon.auth.GateTable, as before)
@@ -47,6 +48,10 @@ class KeyEntry:
     agent_id: int
     expires_at: object  # naive UTC datetime or None
     revoked: bool
+    # The operator's controls (kylon/controls.py).
+    limits: Limits = NO_LIMITS
+    credit_limit: Decimal | None = None
+    limit_reset: str = "none"
 
 
 @dataclass
@@ -56,17 +61,22 @@ class AgentEntry:
     skills: frozenset
     # The agent's balance as read with it (handed to credits.Balances).
     db_balance: Decimal
+    limits: Limits = NO_LIMITS
 
 
 def _load_keys(hashes):
     rows = list(ApiKey.select().where(ApiKey.key_hash.in_(list(hashes))))
-    return {r.key_hash: KeyEntry(r.id, r.agent_id, r.expires_at, r.revoked_at is not None) for r in rows}
+    return {
+        r.key_hash: KeyEntry(r.id, r.agent_id, r.expires_at, r.revoked_at is not None, limits_of(r),
+                             r.credit_limit, r.limit_reset)
+        for r in rows
+    }
 
 
 def _load_agents(agent_ids):
     agents = {}
     for a in Agent.select().where(Agent.id.in_(list(agent_ids))):
-        agents[a.id] = AgentEntry(a.id, a.name, frozenset(), a.credits)
+        agents[a.id] = AgentEntry(a.id, a.name, frozenset(), a.credits, limits_of(a))
     skills = {}
     for s in AgentSkill.select().where(AgentSkill.agent.in_(list(agent_ids))):
         skills.setdefault(s.agent_id, set()).add(s.skill)
@@ -211,7 +221,7 @@ class AccountCache:
                 current = self.agents[agent_id] = fresh
             else:
                 # Updated in place: calls in flight hold a reference to this entry.
-                current.name, current.skills = fresh.name, fresh.skills
+                current.name, current.skills, current.limits = fresh.name, fresh.skills, fresh.limits
             self.balances.set_committed(agent_id, fresh.db_balance)
         self.balances.set_held_elsewhere(agent_ids, elsewhere)
         self.gates = GateTable(gates)

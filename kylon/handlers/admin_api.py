@@ -8,7 +8,7 @@ here applies to the very next proxy call.
 import json
 from decimal import Decimal
 
-from .. import admin, admin_config
+from .. import admin, admin_config, audit
 from ..admin import AdminError
 from ..digest import matches_hash, sha256_hex
 from .base import BaseHandler
@@ -27,6 +27,9 @@ class AdminAPIHandler(BaseHandler):
         )
         if right is False:
             self.send_kylon_error(401, "Admin API needs 'Authorization: Bearer <admin token>'.")
+
+    # Who the audit log names for a change made through the API.
+    actor = "admin api"
 
     def json_body(self):
         try:
@@ -81,10 +84,12 @@ class AgentHandler(AdminAPIHandler):
     async def patch(self, agent_id):
         async def work():
             body = self.json_body()
-            result = await self.call(admin.update_agent, agent_id, body.get("name"), body.get("skills"),
-                                     shown=self.services.balances.shown)
+            result = await self.call(admin.update_agent, agent_id, body.get("name"), body.get("skills"), body,
+                                     actor=self.actor, shown=self.services.balances.shown)
             if result is not None:
                 self.services.cache.update_agent(result["id"], skills=result["skills"])
+                # Limits and allowed models apply to the next call.
+                await self.services.cache.refresh()
 
         await self.run(work)
 
@@ -108,7 +113,8 @@ class AgentKeysHandler(AdminAPIHandler):
     async def post(self, agent_id):
         async def work():
             body = self.json_body()
-            await self.call(admin.create_key, agent_id, body.get("name") or "", body.get("expires_at"), status=201)
+            await self.call(admin.create_key, agent_id, body.get("name") or "", body.get("expires_at"), body,
+                            actor=self.actor, status=201)
 
         await self.run(work)
 
@@ -117,6 +123,19 @@ class AgentKeysHandler(AdminAPIHandler):
 
 
 class KeyHandler(AdminAPIHandler):
+    async def get(self, key_id):
+        await self.call(lambda: admin.key_dict(admin.get_key(key_id)))
+
+    async def patch(self, key_id):
+        async def work():
+            body = self.json_body()
+            result = await self.call(admin.update_key, key_id, body.get("name"), body.get("expires_at", ""), body,
+                                     actor=self.actor)
+            if result is not None:
+                await self.services.cache.refresh()
+
+        await self.run(work)
+
     async def delete(self, key_id):
         try:
             result, key_hash = await self.services.db.run(admin.revoke_key, key_id)
@@ -205,6 +224,15 @@ class GateHandler(AdminAPIHandler):
         await self.run(work)
 
 
+class AuditHandler(AdminAPIHandler):
+    async def get(self):
+        limit, before = self.get_argument("limit", "100"), self.get_argument("before_id", "0")
+        if not (limit.isdigit() and before.isdigit()) or not 1 <= int(limit) <= 1000:
+            return self.send_kylon_error(400, "'limit' must be a whole number from 1 to 1000, 'before_id' an id.")
+        subject, subject_id = self.get_argument("subject", None), self.get_argument("subject_id", None)
+        await self.call(lambda: {"data": audit.list_entries(subject, subject_id, int(limit), int(before))})
+
+
 class ProvidersHandler(AdminAPIHandler):
     def get(self):
         self.write_json(
@@ -230,4 +258,5 @@ default_handlers = [
     (r"/admin/api/gates", GatesHandler),
     (r"/admin/api/gates/([0-9]+)", GateHandler),
     (r"/admin/api/providers", ProvidersHandler),
+    (r"/admin/api/audit", AuditHandler),
 ]

@@ -8,15 +8,17 @@
 from playhouse.db_url import connect
 
 from .base import database, CreditsField, to_nano, from_nano, utcnow, NANO as NANO_QUANTUM
-from .account import Agent, AgentSkill, ApiKey, CreditLedger, Gate
+from .account import LIMIT_RESETS, Agent, AgentSkill, ApiKey, CreditLedger, Gate
 from .usage import UsageRecord, UsageStatus
 from .pricing import PriceOverride, Setting
 from .migrations import SCHEMA_VERSION, upgrade
 from .upload import UploadSession
 from .holds import CreditHold
 from .rollup import UsageRollup
+from .controls import AuditEntry, Webhook
 
-ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, UsageRollup]
+ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, UsageRollup,
+              AuditEntry, Webhook]
 
 
 def open_database(url):

@@ -5,10 +5,31 @@ import peewee
 from .base import BaseModel, CreditsField, utcnow
 
 
-class Agent(BaseModel):
+# Limit periods of a key's credit limit (calendar periods, in UTC).
+LIMIT_RESETS = ("none", "daily", "weekly", "monthly")
+
+
+class Limited(BaseModel):
+    """The operator's controls an agent and each of its keys may carry (None
+    or "" = no limit): requests and tokens (input + output) per minute, calls
+    at once, and the models it may call (patterns such as `gpt-5*` or
+    `openrouter:moonshotai/*`, one per line)."""
+
+    rpm_limit = peewee.IntegerField(null=True)
+    tpm_limit = peewee.BigIntegerField(null=True)
+    concurrency_limit = peewee.IntegerField(null=True)
+    allowed_models = peewee.TextField(default="")
+
+    # A base for Agent and ApiKey only: never a table of its own.
+
+
+class Agent(Limited):
     name = peewee.CharField(max_length=200, unique=True)
     credits = CreditsField(default=0)
     created_at = peewee.DateTimeField(default=utcnow)
+    # Low-balance alert thresholds, comma-separated: "20%" (of the last
+    # grant) or an absolute amount ("5", "0").
+    alert_thresholds = peewee.CharField(max_length=200, default="")
 
 
 class AgentSkill(BaseModel):
@@ -19,7 +40,7 @@ class AgentSkill(BaseModel):
         indexes = ((("agent", "skill"), True),)
 
 
-class ApiKey(BaseModel):
+class ApiKey(Limited):
     agent = peewee.ForeignKeyField(Agent, backref="keys", on_delete="CASCADE")
     name = peewee.CharField(max_length=200, default="")
     # The first characters of the key, shown to operators to tell keys apart.
@@ -29,6 +50,9 @@ class ApiKey(BaseModel):
     last_used_at = peewee.DateTimeField(null=True)
     expires_at = peewee.DateTimeField(null=True)
     revoked_at = peewee.DateTimeField(null=True)
+    # Credits this key may spend per period (on top of the agent's balance).
+    credit_limit = CreditsField(null=True)
+    limit_reset = peewee.CharField(max_length=10, default="none")
 
 
 class CreditLedger(BaseModel):

@@ -12,7 +12,7 @@ import logging
 import peewee
 from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate
 
-from .account import Agent
+from .account import Agent, ApiKey
 from .pricing import Setting
 from .rollup import UsageRollup
 from .usage import UsageRecord
@@ -45,6 +45,16 @@ def _add_index(migrator, table, columns, unique=False):
         migrate(migrator.add_index(table, columns, unique))
 
 
+def _add_columns(migrator, model, names):
+    # Only those missing: a database made by create_tables, then marked with
+    # an older version (as tests do), already has them.
+    table = model._meta.table_name
+    present = {c.name for c in migrator.database.get_columns(table)}
+    missing = [migrator.add_column(table, n, model._meta.fields[n]) for n in names if n not in present]
+    if missing:
+        migrate(*missing)
+
+
 def _v3_console(migrator):
     # The admin console: unique agent names, usage by agent or key over time,
     # and the hourly and daily rollups the overview reads.
@@ -58,7 +68,16 @@ def _v3_console(migrator):
     rollups.rebuild()
 
 
-STEPS = {2: _v2_upstream_request_id, 3: _v3_console}
+def _v4_controls(migrator):
+    # Operator controls (docs/controls.md): rate limits, model allow-lists and
+    # alert thresholds on agents; the same limits, a credit limit and its
+    # reset period on keys.
+    limits = ("rpm_limit", "tpm_limit", "concurrency_limit", "allowed_models")
+    _add_columns(migrator, Agent, limits + ("alert_thresholds",))
+    _add_columns(migrator, ApiKey, limits + ("credit_limit", "limit_reset"))
+
+
+STEPS = {2: _v2_upstream_request_id, 3: _v3_console, 4: _v4_controls}
 SCHEMA_VERSION = max(STEPS)
 
 

@@ -1,0 +1,39 @@
+"""The audit log: every admin change, who made it and what it changed
+(models.AuditEntry). Called by the admin functions on the database thread,
+inside their transaction, so a change and its entry stand or fall together."""
+
+import json
+
+from .models import AuditEntry
+
+
+def changes(before, after):
+    """{field: [before, after]} for each field of `after` whose value differs."""
+    return {name: [before.get(name), value] for name, value in after.items() if before.get(name) != value}
+
+
+def record(actor, action, subject, subject_id="", change=None):
+    AuditEntry.create(
+        actor=(actor or "admin")[:100], action=action, subject=subject, subject_id=str(subject_id)[:200],
+        changes=json.dumps(change or {}, default=str, sort_keys=True),
+    )
+
+
+def entry_dict(row):
+    return {
+        "id": row.id, "actor": row.actor, "action": row.action, "subject": row.subject,
+        "subject_id": row.subject_id, "changes": json.loads(row.changes),
+        "created_at": row.created_at.isoformat() + "Z",
+    }
+
+
+def list_entries(subject=None, subject_id=None, limit=100, before_id=None):
+    """The newest entries first; `before_id` pages on."""
+    query = AuditEntry.select().order_by(AuditEntry.id.desc()).limit(limit)
+    if subject:
+        query = query.where(AuditEntry.subject == subject)
+    if subject_id:
+        query = query.where(AuditEntry.subject_id == str(subject_id))
+    if before_id:
+        query = query.where(AuditEntry.id < before_id)
+    return [entry_dict(r) for r in query]
