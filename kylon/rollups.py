@@ -20,22 +20,40 @@ ROWS_PER_STATEMENT = 200
 BLANK = {"agent_id": 0, "key_id": 0, "provider": "", "model": "", "status": ""}
 
 
-def bucket_starts(started_at):
-    hour = started_at.replace(minute=0, second=0, microsecond=0)
-    return ((HOUR, hour), (DAY, hour.replace(hour=0)))
+# For each kind, the positions in a record's (agent, key, provider, model,
+# status) that it keeps; the others take BLANK.
+_KEPT = [(kind, tuple(i if d in kept else None for i, d in enumerate(KEY[2:]))) for kind, kept in KINDS.items()]
+_BLANKS = tuple(BLANK[d] for d in KEY[2:])
 
 
 def summed(records):
     """{key tuple: [requests, input, output, nano-credits]} for each hour and
-    day, in every kind (a kind's missing dimensions as 0 or "")."""
-    sums = defaultdict(lambda: [0, 0, 0, 0])
+    day, in every kind (a kind's missing dimensions as 0 or "").
+
+    The records are first summed per hour and full dimensions: a batch holds
+    few such groups (calls of one agent, key and model), so the eight rows
+    each record belongs to are made once a group, not once a record."""
+    groups = {}
     for r in records:
-        dims = {"agent_id": r["agent_id"], "key_id": r.get("key_id") or 0, "provider": r["provider"],
-                "model": r.get("model") or "", "status": r["status"]}
-        figures = (1, r.get("input_tokens") or 0, r.get("output_tokens") or 0, to_nano(r.get("credits") or 0))
-        for period, start in bucket_starts(r["started_at"]):
-            for kind, kept in KINDS.items():
-                key = (period + kind, str(start)) + tuple(dims[d] if d in kept else BLANK[d] for d in KEY[2:])
+        started = r["started_at"]
+        group = (started.replace(minute=0, second=0, microsecond=0), r["agent_id"], r.get("key_id") or 0,
+                 r["provider"], r.get("model") or "", r["status"])
+        row = groups.get(group)
+        if row is None:
+            row = groups[group] = [0, 0, 0, 0]
+        row[0] += 1
+        row[1] += r.get("input_tokens") or 0
+        row[2] += r.get("output_tokens") or 0
+        # Credits are whole nano-credits (Decimals quantized to them): summed
+        # exactly, turned into an integer once a group.
+        row[3] += r.get("credits") or 0
+    sums = defaultdict(lambda: [0, 0, 0, 0])
+    for (hour, *dims), (requests, input_tokens, output_tokens, credits) in groups.items():
+        figures = (requests, input_tokens, output_tokens, to_nano(credits))
+        for period, start in ((HOUR, hour), (DAY, hour.replace(hour=0))):
+            for kind, kept in _KEPT:
+                key = (period + kind, str(start)) + tuple(
+                    _BLANKS[i] if k is None else dims[k] for i, k in enumerate(kept))
                 row = sums[key]
                 for i, value in enumerate(figures):
                     row[i] += value
