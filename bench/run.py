@@ -203,10 +203,10 @@ def direct_target(fake_service, fake_url):
     return target
 
 
-def start_kylon(fake_url, workdir, root=ROOT, prefix=(), startup_seconds=30):
+def start_kylon(fake_url, workdir, root=ROOT, prefix=(), startup_seconds=30, name="kylon", label="Kylon"):
     """Kylon from the checkout `root`, its command run under `prefix` (a
     profiler: see instructions.py), with an agent and a key made."""
-    target = Target("kylon", "Kylon")
+    target = Target(name, label)
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -219,7 +219,7 @@ def start_kylon(fake_url, workdir, root=ROOT, prefix=(), startup_seconds=30):
         "KYLON_OPENAI_BASE_URL": fake_url,
     }
     target.service = target.process = Service(
-        "kylon", [*prefix, sys.executable, os.path.join(root, "app.py")], env=env, cwd=root, logdir=workdir
+        name, [*prefix, sys.executable, os.path.join(root, "app.py")], env=env, cwd=root, logdir=workdir
     )
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz", target.service, startup_seconds)
@@ -861,6 +861,7 @@ def parse_args(argv):
     parser.add_argument("--open-streams", default="500,2000", help="open-stream counts for the memory reading")
     parser.add_argument("--targets", default="direct,kylon,floor,nginx,litellm", help="which targets to run")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument("--baseline", help="also run Kylon from this checkout (git worktree add /tmp/old <commit>)")
     parser.add_argument("--profile", action="store_true", help="profile Kylon with py-spy after measuring")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, databases)")
     parser.add_argument("--profile-seconds", type=int, default=10, help="seconds per py-spy recording (4 of them)")
@@ -910,7 +911,14 @@ def main(argv=None):
     try:
         fake, fake_url = start_fake(workdir)
         starters = {"kylon": start_kylon, "floor": start_floor, "nginx": start_nginx, "litellm": start_litellm}
-        for name in opts.targets:
+        names = list(opts.targets)
+        if opts.baseline:
+            # An older checkout measured in the same run: "before and after".
+            root = os.path.abspath(opts.baseline)
+            starters["kylon-before"] = functools.partial(
+                start_kylon, root=root, name="kylon-before", label=f"Kylon before ({os.path.basename(root)})")
+            names.insert(names.index("kylon") + 1 if "kylon" in names else len(names), "kylon-before")
+        for name in names:
             if name == "direct":
                 targets.append(direct_target(fake, fake_url))
             elif name in starters:
