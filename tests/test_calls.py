@@ -281,6 +281,8 @@ def test_balances_hold_charge_and_commit():
     assert balances.of(1).balance == Decimal("0.90") and balances.available(1) == Decimal("0.40")
     # The debit is committed and the database's balance read again: no double count.
     balances.charged_written(1, Decimal("0.10"))
+    # Before the database is read again the debit is not lost either.
+    assert balances.of(1).balance == Decimal("0.90") and balances.available(1) == Decimal("0.40")
     balances.set_committed(1, Decimal("0.90"))
     assert balances.of(1).balance == Decimal("0.90")
     balances.set_held_elsewhere([1, 2], {1: Decimal("0.40")})
