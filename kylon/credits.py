@@ -152,11 +152,12 @@ class KeyLimits(Balances):
     def current(self, key):
         """The KeyBalance of a key (an auth.KeyEntry with a credit limit), in
         the period the clock is in: at a period's end its spend starts from
-        zero at once (charges not yet committed stay counted until they are,
-        one flush interval)."""
+        zero at once (the last period's charges not yet written then count in
+        this one until the next cache refresh reads the spend again: on the
+        safe side)."""
         balance = self.of(key.key_id)
-        if balance.resets_at is not None and self.clock() >= balance.resets_at:
-            now = self.clock()
+        now = self.clock() if balance.resets_at is not None else None
+        if now is not None and now >= balance.resets_at:
             balance.set(balance.limit, balance.reset, period_start(balance.reset, now), ZERO)
         return balance
 
