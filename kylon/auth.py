@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from .controls import NO_LIMITS, Limits, limits_of
+from .credits import KeyLimits
 from .db import repeat
 from .digest import sha256_hex
 from .gates import GateTable  # noqa: F401 (kylon.auth.GateTable, as before)
-from .models import Agent, AgentSkill, ApiKey, CreditHold, Gate, utcnow
+from .models import Agent, AgentSkill, ApiKey, CreditHold, Gate, KeyHold, utcnow
+from .periods import key_spend
 
 
 KEY_PREFIX = "pak_"
@@ -52,6 +54,9 @@ class KeyEntry:
     limits: Limits = NO_LIMITS
     credit_limit: Decimal | None = None
     limit_reset: str = "none"
+    # As the operator named it, and its first characters (the agent's own view).
+    name: str = ""
+    prefix: str = ""
 
 
 @dataclass
@@ -68,9 +73,17 @@ def _load_keys(hashes):
     rows = list(ApiKey.select().where(ApiKey.key_hash.in_(list(hashes))))
     return {
         r.key_hash: KeyEntry(r.id, r.agent_id, r.expires_at, r.revoked_at is not None, limits_of(r),
-                             r.credit_limit, r.limit_reset)
+                             r.credit_limit, r.limit_reset, r.name, r.prefix)
         for r in rows
     }
+
+
+def _load_keys_and_spend(hashes, key_limits):
+    """The keys, and what those with a credit limit spent in their period:
+    ({hash: KeyEntry}, starts, spent) for KeyLimits.set_spent."""
+    keys = _load_keys(hashes) if hashes else {}
+    starts = key_limits.starts(keys.values())
+    return keys, starts, key_spend(starts) if starts else {}
 
 
 def _load_agents(agent_ids):
@@ -89,24 +102,22 @@ def _load_gates():
     return {(g.provider, g.route): g.skill for g in Gate.select()}
 
 
-def _publish_holds(process_id, holds, agent_ids, stale_after):
+def _publish_holds(process_id, holds, ids, stale_after, table=CreditHold, column="agent_id"):
     """Write this process's holds, read the other processes' (stale rows of a
-    process that died are ignored and removed)."""
+    process that died are ignored and removed): per agent in CreditHold, per
+    key with a credit limit in KeyHold."""
     now = utcnow()
-    CreditHold.delete().where(
-        (CreditHold.process_id == process_id) | (CreditHold.updated_at < now - stale_after)
-    ).execute()
+    owner = getattr(table, column)
+    table.delete().where((table.process_id == process_id) | (table.updated_at < now - stale_after)).execute()
     if holds:
-        CreditHold.insert_many(
-            [{"process_id": process_id, "agent_id": a, "amount": amount, "updated_at": now} for a, amount in holds.items()]
+        table.insert_many(
+            [{"process_id": process_id, column: a, "amount": amount, "updated_at": now} for a, amount in holds.items()]
         ).execute()
     elsewhere = defaultdict(Decimal)
-    if agent_ids:
-        query = CreditHold.select().where(
-            (CreditHold.process_id != process_id) & CreditHold.agent_id.in_(list(agent_ids))
-        )
-        for row in query:
-            elsewhere[row.agent_id] += row.amount
+    if ids:
+        query = table.select(owner, table.amount).where((table.process_id != process_id) & owner.in_(list(ids)))
+        for owner_id, amount in query.tuples():
+            elsewhere[owner_id] += amount
     return elsewhere
 
 
@@ -115,11 +126,14 @@ def _touch_keys(key_ids):
 
 
 class AccountCache:
-    def __init__(self, db_worker, balances, refresh_seconds=2.0):
+    def __init__(self, db_worker, balances, refresh_seconds=2.0, key_limits=None):
         self.db = db_worker
         # The agents' credits (credits.Balances): their committed balances are
         # read here, with the agents.
         self.balances = balances
+        # The keys' credit limits (credits.KeyLimits): what each key with one
+        # spent in its period is read here, with the keys.
+        self.key_limits = key_limits if key_limits is not None else KeyLimits()
         self.refresh_seconds = refresh_seconds
         self.keys = {}  # key hash -> KeyEntry
         self.agents = {}  # agent id -> AgentEntry
@@ -144,7 +158,7 @@ class AccountCache:
             seen = self._unknown.get(digest)
             if seen is not None and time.monotonic() - seen < NEGATIVE_TTL:
                 return None, "invalid"
-            found = await self.db.run(_load_keys, [digest])
+            found, starts, spent = await self.db.run(_load_keys_and_spend, [digest], self.key_limits)
             entry = found.get(digest)
             if entry is None:
                 if len(self._unknown) >= NEGATIVE_MAX:
@@ -158,6 +172,7 @@ class AccountCache:
                         self.agents[agent_id] = loaded
                         self.balances.set_committed(agent_id, loaded.db_balance)
             self.keys[digest] = entry
+            self.key_limits.set_spent((entry,), starts, spent)
         if entry.revoked:
             return None, "revoked"
         if entry.expires_at is not None and entry.expires_at <= utcnow():
@@ -198,17 +213,19 @@ class AccountCache:
         used, self._used_keys = self._used_keys, set()
 
         holds = self.balances.holds()
+        key_holds = self.key_limits.holds()
         stale_after = datetime.timedelta(seconds=max(3 * self.refresh_seconds, 5))
 
         def work():
             if used:
                 _touch_keys(used)
-            keys = _load_keys(hashes) if hashes else {}
+            keys, starts, spent = _load_keys_and_spend(hashes, self.key_limits)
             agents = _load_agents(agent_ids) if agent_ids else {}
             elsewhere = _publish_holds(self.process_id, holds, agent_ids, stale_after)
-            return keys, agents, _load_gates(), elsewhere
+            keys_elsewhere = _publish_holds(self.process_id, key_holds, list(starts), stale_after, KeyHold, "key_id")
+            return keys, agents, _load_gates(), elsewhere, starts, spent, keys_elsewhere
 
-        keys, agents, gates, elsewhere = await self.db.run(work)
+        keys, agents, gates, elsewhere, starts, spent, keys_elsewhere = await self.db.run(work)
         # Keys deleted from the database disappear; the rest are replaced.
         for digest in hashes:
             if digest in keys:
@@ -224,6 +241,8 @@ class AccountCache:
                 current.name, current.skills, current.limits = fresh.name, fresh.skills, fresh.limits
             self.balances.set_committed(agent_id, fresh.db_balance)
         self.balances.set_held_elsewhere(agent_ids, elsewhere)
+        self.key_limits.set_spent(keys.values(), starts, spent)
+        self.key_limits.set_held_elsewhere(starts, keys_elsewhere)
         self.gates = GateTable(gates)
 
     def start(self):

@@ -155,6 +155,9 @@ class UsageWriter:
         self.flush_seconds = flush_seconds
         self.journal = journal
         self.pending = []
+        # (credits.KeyBalance, credits) of the pending records whose key has a
+        # credit limit: charged there at once, reported back once committed.
+        self.key_charges = []
         self._task = None
         self._checkpoint_task = None
         self._flushing = None
@@ -189,7 +192,7 @@ class UsageWriter:
             if entry is not None:
                 self.journal.calls.answered(call, entry)
 
-    def add(self, record):
+    def add(self, record, key_balance=None):
         journal = self.journal
         if journal is not None:
             journal.append(record)
@@ -197,6 +200,9 @@ class UsageWriter:
             journal.calls.close(record["request_id"])
         self.pending.append(record)
         self.balances.charge(record["agent_id"], record["credits"])
+        if key_balance is not None and record["credits"]:
+            key_balance.charged(record["credits"])
+            self.key_charges.append((key_balance, record["credits"]))
         metrics.USAGE_PENDING.set(len(self.pending))
 
     async def flush(self):
@@ -207,6 +213,7 @@ class UsageWriter:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        key_charges, self.key_charges = self.key_charges, []
         segments = self.journal.rotate() if self.journal is not None else []
         self._flushing = asyncio.get_running_loop().create_future()
         try:
@@ -215,6 +222,7 @@ class UsageWriter:
             metrics.USAGE_WRITE_FAILURES.inc()
             log.warning("writing %d usage records failed, will retry: %s", len(batch), e)
             self.pending[:0] = batch
+            self.key_charges[:0] = key_charges
             if self.journal is not None:
                 self.journal.failed(segments)
             raise
@@ -224,6 +232,8 @@ class UsageWriter:
                 self.journal.committed(segments)
             for record in batch:
                 self.balances.charged_written(record["agent_id"], record["credits"])
+            for key_balance, credits in key_charges:
+                key_balance.written(credits)
         finally:
             done, self._flushing = self._flushing, None
             done.set_result(None)

@@ -13,7 +13,7 @@ from kylon.billing import Price, PriceBook, Usage
 from kylon.calls import admission
 from kylon.calls.outcome import FINAL, NOTHING, PARTIAL, Facts, classify, whole_answer_sent
 from kylon.calls.record import CallState, build_record
-from kylon.credits import Balances
+from kylon.credits import Balance, Balances
 from kylon.models import UsageStatus
 from kylon.providers import Exchange, load_providers
 
@@ -49,8 +49,8 @@ def test_key_refusals(reason, presented, message):
 
 def check(path="/v1/chat/completions", method="POST", provider=OPENAI, skills=(), available=Decimal(1), gates=None):
     route, allowed = provider.match(path, method)
-    return admission.check_call(provider, route, allowed, path, method, frozenset(skills), available,
-                                gates or GateTable())
+    return admission.check_call(provider, route, allowed, path, method, frozenset(skills),
+                                Balance(committed=available), gates or GateTable())
 
 
 def test_a_good_call_is_admitted():
@@ -121,14 +121,15 @@ MINI = Price.of(input="0.15", output="0.60")
 
 def test_a_hold_must_fit_the_balance():
     usage = Usage(input_tokens=100, output_tokens=1000)  # 0.000615 credits at gpt-4o-mini's prices
-    assert admission.check_hold(usage, MINI, Decimal("0.000615")) == (Decimal("0.000615000"), None)
-    hold, refusal = admission.check_hold(usage, MINI, Decimal("0.0000117"))
+    assert admission.check_hold(usage, MINI, Balance(Decimal("0.000615"))) == (Decimal("0.000615000"), None)
+    hold, refusal = admission.check_hold(usage, MINI, Balance(Decimal("0.0000117")))
     assert hold is None and (refusal.status, refusal.reason) == (402, "credits")
-    assert refusal.message == ("This call may cost up to 0.000615 credits; the agent has 0.0000117 available "
-                               "(its balance less what its running calls hold).")
+    assert refusal.message == ("Agent balance too low: this call may cost up to 0.000615 credits; the agent has "
+                               "0.0000117 available (its balance 0.0000117 less 0 held by its running calls). "
+                               "The balance does not reset: the operator adds credits.")
     # A hold too large for 28 digits is refused, not an error.
     huge = Usage(output_tokens=10**16)
-    hold, refusal = admission.check_hold(huge, Price.of(output="999999999"), Decimal(10**8))
+    hold, refusal = admission.check_hold(huge, Price.of(output="999999999"), Balance(Decimal(10**8)))
     assert hold is None and refusal.status == 402
 
 
@@ -143,9 +144,9 @@ def test_running_holds_never_exceed_the_balance(balance, holds):
     for amount in holds:
         usage = Usage(units=amount, unit="credits")
         if admission.check_call(OPENAI, OPENAI.routes[0], True, "/v1/chat/completions", "POST", frozenset(),
-                                account.available, GateTable()) is not None:
+                                account, GateTable()) is not None:
             continue
-        hold, refusal = admission.check_hold(usage, Price.of(per_unit=1), account.available)
+        hold, refusal = admission.check_hold(usage, Price.of(per_unit=1), account)
         if refusal is None:
             account.hold(hold)
     assert account.held <= balance
@@ -280,6 +281,8 @@ def test_balances_hold_charge_and_commit():
     assert balances.of(1).balance == Decimal("0.90") and balances.available(1) == Decimal("0.40")
     # The debit is committed and the database's balance read again: no double count.
     balances.charged_written(1, Decimal("0.10"))
+    # Before the database is read again the debit is not lost either.
+    assert balances.of(1).balance == Decimal("0.90") and balances.available(1) == Decimal("0.40")
     balances.set_committed(1, Decimal("0.90"))
     assert balances.of(1).balance == Decimal("0.90")
     balances.set_held_elsewhere([1, 2], {1: Decimal("0.40")})

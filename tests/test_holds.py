@@ -36,8 +36,10 @@ def test_a_million_images_are_402_and_nothing_goes_upstream(kylon, fake_openai):
     assert_refused_before_upstream(kylon, agent, answer, fake_openai)
     # dall-e-2 is 0.02 an image: the hold is what a million of them cost.
     assert answer.json()["error"]["message"] == (
-        "This call may cost up to 20000 credits; the agent has 0.0000117 available "
-        "(its balance less what its running calls hold).")
+        "Agent balance too low: this call may cost up to 20000 credits; the agent has 0.0000117 available "
+        "(its balance 0.0000117 less 0 held by its running calls). The balance does not reset: the operator "
+        "adds credits.")
+    assert answer.json()["error"]["code"] == "insufficient_credits"
     assert answer.json()["error"]["type"] == "insufficient_quota"
 
 

@@ -3,9 +3,11 @@
 The checks, in the order a client meets them: the body's framing (400, before
 the key), the Kylon key (401, or 429 while an address keeps sending bad ones),
 the path and method (400/404/405), the provider's configuration (503), the
-gate (403), credits (402), the declared body size (413); once the body is
-read, its JSON (400) and the hold (402). Each returns a Refusal, or None when
-the call may go on.
+gate (403), credits (402: the agent's balance, then the key's credit limit),
+the declared body size (413); once the body is read, its JSON (400) and the
+hold (402, the same two). Each returns a Refusal, or None when the call may
+go on. A 402 names what ran out, its figures and when it resets, with a
+machine-readable code (CODES).
 """
 
 import decimal
@@ -16,6 +18,7 @@ from typing import NamedTuple
 
 from ..auth import KEY_PREFIX
 from ..billing import credits_for
+from ..credits import ZERO
 from ..gates import missing_skill_message
 
 
@@ -26,7 +29,54 @@ class Refusal(NamedTuple):
     reason: str = "bad_request"
 
 
-OUT_OF_CREDITS = "Out of credits: this agent's balance, less what its running calls hold, is not positive."
+# The error body's `code` of a refusal, by its reason (else the status's own, errors.py).
+CODES = {"credits": "insufficient_credits", "key_limit": "key_limit_reached"}
+PERIODS = {"daily": "a day", "weekly": "a week", "monthly": "a month", "none": "in all"}
+
+
+def amount(value):
+    return f"{value.normalize():f}"
+
+
+def iso(moment):
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
+def balance_refusal(balance, estimate=None):
+    """The 402 for an agent whose balance (less every hold) cannot cover a
+    call: `estimate` is what this call would hold (None before its body is read)."""
+    figures = (f"the agent has {amount(max(balance.available, ZERO))} available (its balance "
+               f"{amount(balance.balance)} less {amount(balance.held + balance.held_elsewhere)} held by its "
+               "running calls)")
+    if estimate is None:
+        message = f"Out of credits (agent balance): {figures}."
+    else:
+        message = f"Agent balance too low: this call may cost up to {amount(estimate)} credits; {figures}."
+    return Refusal(402, message + " The balance does not reset: the operator adds credits.", "credits")
+
+
+def key_limit_refusal(key_balance, estimate=None):
+    """The 402 for a key whose credit limit this period (less every hold on
+    it) cannot cover a call; the agent's other keys go on."""
+    b = key_balance
+    figures = (f"the key has {amount(max(b.available, ZERO))} left of its limit of {amount(b.limit)} credits "
+               f"{PERIODS.get(b.reset, '')} (spent {amount(b.spent_this_period)} this period, "
+               f"{amount(b.held_total)} held by its running calls)")
+    head = "Key credit limit reached: "
+    if estimate is not None:
+        head += f"this call may cost up to {amount(estimate)} credits; "
+    resets = f"It resets at {iso(b.resets_at)}." if b.resets_at is not None else "It does not reset."
+    return Refusal(402, f"{head}{figures}. {resets}", "key_limit")
+
+
+def check_credits(balance, key_balance=None):
+    """Before the body is read: the agent has credits left, and the key
+    (a KeyBalance when it has a credit limit) some of its limit."""
+    if balance.available <= 0:
+        return balance_refusal(balance)
+    if key_balance is not None and key_balance.available <= 0:
+        return key_limit_refusal(key_balance)
+    return None
 
 KEY_REFUSALS = {
     "revoked": "This Kylon API key has been revoked.",
@@ -81,7 +131,7 @@ def without_kylon_keys(query):
     return "&".join(kept)
 
 
-def check_call(provider, route, allowed, path, method, skills, available, gates):
+def check_call(provider, route, allowed, path, method, skills, balance, gates, key_balance=None):
     """An authenticated call, before its body is read."""
     if not safe_path(path):
         return Refusal(400, "Invalid path: it must stay within the provider's API.", "path")
@@ -94,26 +144,25 @@ def check_call(provider, route, allowed, path, method, skills, available, gates)
     skill = gates.required_skill(provider.name, path)
     if skill and skill not in skills:
         return Refusal(403, missing_skill_message(skill, provider.name), "gate")
-    if available <= 0:
-        return Refusal(402, OUT_OF_CREDITS, "credits")
-    return None
+    return check_credits(balance, key_balance)
 
 
-def check_hold(usage, price, available):
+def check_hold(usage, price, balance, key_balance=None):
     """(the credits a call holds, None) or (None, Refusal): the most the call
     may use (Provider.hold_usage) at its price, against what the agent has
     available (its balance less what running calls hold, here and in other
-    processes). So calls running together never hold more than the balance
-    (README, "Holds")."""
+    processes), and what its key has left of a credit limit (the same way).
+    So calls running together never hold more than the balance, nor more
+    than a key's limit (README, "Holds")."""
     try:
         hold = credits_for(usage, price)
     except decimal.InvalidOperation:
         # Beyond 28 digits (limits at their maximum, priced absurdly): no balance covers it.
-        return None, Refusal(402, "This call may cost more than any balance can cover.", "credits")
-    if hold > available:
-        return None, Refusal(402, f"This call may cost up to {hold.normalize():f} credits; "
-                                  f"the agent has {max(available, 0).normalize():f} available "
-                                  "(its balance less what its running calls hold).", "credits")
+        return None, Refusal(402, "Agent balance too low: this call may cost more than any balance can cover.", "credits")
+    if hold > balance.available:
+        return None, balance_refusal(balance, hold)
+    if key_balance is not None and hold > key_balance.available:
+        return None, key_limit_refusal(key_balance, hold)
     return hold, None
 
 

@@ -27,7 +27,8 @@ class CallState:
     balance: object  # credits.Balance of the agent
     route_name: str = ""  # the route's label in records and metrics
     first_byte_at: float | None = None
-    held: object = 0  # credits held while the call runs
+    held: object = 0  # credits held while the call runs (on the agent, and on a limited key)
+    key_balance: object = None  # credits.KeyBalance when the key has a credit limit
     recorded: bool = False
     upstream_status: int = 0  # the upstream's HTTP status, once its headers came
     # The call's lines in the journal's open-call file (kylon/journal.py).

@@ -1,16 +1,16 @@
 """Every URL rule Kylon serves, in the order they are matched."""
 
-from . import admin_api, admin_pages, health, metrics, proxy
+from . import admin_api, admin_pages, agent_view, health, metrics, proxy
 from .base import NotFoundHandler  # noqa: F401 (the application's default handler)
 
 
 def default_handlers(providers):
     """The providers' own handlers first (paths under /proxy/<name>/ more
-    specific than the generic proxy rule), then the proxy, the admin API and
-    pages, health and metrics."""
+    specific than the generic proxy rule), the agent's own view (under
+    /proxy/kylon/), then the proxy, the admin API and pages, health and metrics."""
     rules = []
     for provider in providers.values():
         rules.extend(provider.get_handlers())
-    for module in (proxy, admin_api, admin_pages, health, metrics):
+    for module in (agent_view, proxy, admin_api, admin_pages, health, metrics):
         rules.extend(module.default_handlers)
     return rules

@@ -98,12 +98,14 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         if key is None:
             return await self.refuse_key(agent)
         balance = services.balances.of(agent.agent_id)
-        self.call = CallState(self.request_id, provider, key, agent, self.exchange, started_at, t0, balance)
+        self.call = call = CallState(self.request_id, provider, key, agent, self.exchange, started_at, t0, balance)
+        if key.credit_limit is not None:
+            call.key_balance = services.cache.key_limits.current(key)
         services.open_calls.add(self)
         limit = services.settings.max_body_bytes
         method = self.request.method
         refusal = admission.check_call(
-            provider, route, allowed, path, method, agent.skills, balance.available, services.cache.gates
+            provider, route, allowed, path, method, agent.skills, balance, services.cache.gates, call.key_balance
         ) or admission.check_declared_size(self.request.headers.get("Content-Length"), limit)
         if refusal is not None:
             return self.reject(refusal)
@@ -131,7 +133,7 @@ class ProxyHandler(AnswerRelay, BaseHandler):
     def reject(self, refusal):
         """Refuse an authenticated call before it goes upstream; it is recorded."""
         metrics.child(metrics.REJECTED, self.provider.name, refusal.reason).inc()
-        self.send_kylon_error(refusal.status, refusal.message)
+        self.send_kylon_error(refusal.status, refusal.message, admission.CODES.get(refusal.reason))
         self.record(UsageStatus.REJECTED, refusal.status, Usage(), error=refusal.message)
 
     def data_received(self, chunk):
@@ -239,12 +241,15 @@ class ProxyHandler(AnswerRelay, BaseHandler):
 
     def hold_credits(self):
         """Hold the most the call may cost while it runs (released in
-        record()); a Refusal when the agent cannot cover it."""
+        record()), on the agent and on a key with a credit limit; a Refusal
+        when either cannot cover it."""
         call = self.call
         hold, refusal = admission.check_hold(self.provider.hold_usage(self.exchange), self.price(),
-                                             call.balance.available)
+                                             call.balance, call.key_balance)
         if refusal is None:
             call.balance.hold(hold)
+            if call.key_balance is not None:
+                call.key_balance.hold(hold)
             call.held = hold
         return refusal
 
@@ -330,6 +335,8 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         self.services.open_calls.discard(self)
         if call.held:
             call.balance.release(call.held)
+            if call.key_balance is not None:
+                call.key_balance.release(call.held)
             call.held = 0
 
     def record(self, status, http_status, usage, error=""):
@@ -344,7 +351,7 @@ class ProxyHandler(AnswerRelay, BaseHandler):
             call, status, http_status, usage, services.pricebook, time.monotonic(), error or "", upstream_id
         )
         metrics.observe(observations)
-        services.writer.add(record)
+        services.writer.add(record, call.key_balance)
 
 
 def _wrong():

@@ -13,11 +13,11 @@ from .usage import UsageRecord, UsageStatus
 from .pricing import PriceOverride, Setting
 from .migrations import SCHEMA_VERSION, upgrade
 from .upload import UploadSession
-from .holds import CreditHold
+from .holds import CreditHold, KeyHold
 from .rollup import UsageRollup
 from .controls import AuditEntry, Webhook
 
-ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, UsageRollup,
+ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, KeyHold, UsageRollup,
               AuditEntry, Webhook]
 
 

@@ -14,3 +14,16 @@ class CreditHold(BaseModel):
 
     class Meta:
         indexes = ((("process_id", "agent_id"), True),)
+
+
+class KeyHold(BaseModel):
+    """The same, per key with a credit limit: so that processes sharing a
+    key's limit count each other's running calls."""
+
+    process_id = peewee.CharField(max_length=40)
+    key_id = peewee.IntegerField()
+    amount = CreditsField()
+    updated_at = peewee.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("process_id", "key_id"), True),)

@@ -35,8 +35,12 @@ ERROR_TYPES = {
 
 
 def anthropic_error_body(status, message, code=None):
-    """Kylon's own errors as Anthropic shapes them (also for Claude on Vertex)."""
-    return {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
+    """Kylon's own errors as Anthropic shapes them (also for Claude on Vertex);
+    Kylon's machine-readable code, when it names one, beside the message."""
+    error = {"type": ERROR_TYPES.get(status, "api_error"), "message": message}
+    if code:
+        error["code"] = code
+    return {"type": "error", "error": error}
 
 
 def usage_from_fields(fields):

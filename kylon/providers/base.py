@@ -185,16 +185,7 @@ class Provider:
         return None, self.passthrough
 
     def client_key(self, request):
-        for header in self.client_key_headers:
-            value = request.headers.get(header)
-            if value:
-                if header == "authorization":
-                    scheme, _, token = value.partition(" ")
-                    if scheme.lower() != "bearer":
-                        continue
-                    value = token.strip()
-                return value.strip()
-        return None
+        return key_from_headers(request, self.client_key_headers)
 
     def upstream_url(self, exchange):
         if exchange.upstream_url:
@@ -278,6 +269,21 @@ class Provider:
         if route is not None and route.usage_from_headers is not None:
             return route.usage_from_headers(exchange, headers)
         return None
+
+
+def key_from_headers(request, headers=("authorization", "x-api-key")):
+    """The Kylon key a request carries in the first of `headers` it has
+    (`Authorization: Bearer …`, or the key itself), or None."""
+    for header in headers:
+        value = request.headers.get(header)
+        if value:
+            if header == "authorization":
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    continue
+                value = token.strip()
+            return value.strip()
+    return None
 
 
 def range_problem(name, value, low, high):

@@ -225,7 +225,12 @@ class Gemini(Provider):
         return {"x-goog-api-key": self.api_key}
 
     def error_body(self, status, message, code=None):
-        return {"error": {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}}
+        error = {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}
+        if code:
+            # Google's place for a machine-readable reason.
+            error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code,
+                                 "domain": "kylon"}]
+        return {"error": error}
 
     def body_problem(self, body):
         config = body.get("generationConfig")
