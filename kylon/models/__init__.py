@@ -15,8 +15,10 @@ from .migrations import SCHEMA_VERSION, upgrade
 from .upload import UploadSession
 from .holds import CreditHold
 from .rollup import UsageRollup
+from .responses import ResponseBinding
 
-ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, UsageRollup]
+ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, UsageRollup,
+              ResponseBinding]
 
 
 def open_database(url):
