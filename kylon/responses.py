@@ -202,6 +202,8 @@ class ResponseBindings:
         if route.lifecycle in ("use", "delete"):
             exchange.model = binding.model
         if route.lifecycle == "delete" and binding.pending:
+            while binding.busy:  # a poll or the charge under way: its outcome first
+                await asyncio.sleep(0.01)
             await self.poll(binding)
             if binding.pending:
                 return Refusal(400, "This background response is still running: cancel it (responses.cancel) "
