@@ -178,7 +178,13 @@ class ResponseBindings:
         if len(response_id) > 200:
             return None
         row = await self.db.run(_load, response_id)
-        return None if row is None else self._remember(self.pending.get(response_id) or _from_row(row))
+        if row is None:
+            return None
+        binding = self._remember(self.pending.get(response_id) or _from_row(row))
+        if binding.pending:
+            # Another process's, or one this process has not read yet: whoever sees it end bills it.
+            self.pending[response_id] = binding
+        return binding
 
     async def admit(self, call):
         """None when the response the call names (if any) is the calling agent's;
@@ -201,6 +207,7 @@ class ResponseBindings:
             return Refusal(404, f"Response with id '{response_id[:200]}' not found.", "not_found")
         if route.lifecycle in ("use", "delete"):
             exchange.model = binding.model
+            exchange.stream = "stream=true" in exchange.query
         if route.lifecycle == "delete" and binding.pending:
             while binding.busy:  # a poll or the charge under way: its outcome first
                 await asyncio.sleep(0.01)

@@ -257,7 +257,7 @@ def test_a_resumed_stream_bills_it(slow_poller, fake_openai):
     (charge,) = wait_for_charge(slow_poller, agent["id"], timeout=5)
     assert Decimal(charge["credits"]) == GPT_4O_MINI_CALL
     (resume,) = records(slow_poller, agent["id"], "responses.retrieve")
-    assert Decimal(resume["credits"]) == 0 and resume["stream"] is False
+    assert Decimal(resume["credits"]) == 0 and resume["stream"] is True
     assert slow_poller.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL
 
 
@@ -271,6 +271,20 @@ def test_a_background_stream_read_to_its_end_is_billed_by_the_create(slow_poller
     time.sleep(0.5)
     assert records(slow_poller, agent["id"], "responses.background") == []
     assert slow_poller.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL
+
+
+def test_a_pending_response_keeps_its_hold_until_it_is_billed(slow_poller, fake_openai):
+    """While a background response runs, what it may cost stays held: an agent
+    cannot start more of them than its balance covers."""
+    agent, client = new_agent(slow_poller, credits="0.004")  # one gpt-4o-mini hold (about 0.0025)
+    running = client.responses.create(model="gpt-4o-mini", input="Hi", background=True, metadata=HELD)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.responses.create(model="gpt-4o-mini", input="Hi", background=True)
+    assert err.value.status_code == 402
+    fake_openai.complete(running.id)
+    wait_status(client, running.id)
+    wait_for_charge(slow_poller, agent["id"], timeout=5)
+    assert client.responses.create(model="gpt-4o-mini", input="Hi", background=True, metadata=HELD).status == "queued"
 
 
 # -- restarts, and two processes on one database ----------------------------------------
