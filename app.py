@@ -115,7 +115,8 @@ async def serve(settings):
     services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,
                                         forget_after=300)
     relay.configure_client(settings.max_upstream_connections)
-    services.responses = ResponseBindings(worker, balances, pricebook, providers["openai"], settings)
+    services.responses = ResponseBindings(worker, balances, pricebook, providers["openai"], settings,
+                                          services.open_calls)
     await services.responses.load_pending()
 
     app = make_app(services, cookie_secret)

@@ -143,8 +143,11 @@ def background_request_id(response_id):
 
 
 class ResponseBindings:
-    def __init__(self, db, balances, pricebook, provider, settings):
+    def __init__(self, db, balances, pricebook, provider, settings, open_calls=()):
         self.db = db
+        # The proxy calls in progress: a stream creating a response is bound
+        # only at its end, and its agent may name the response before that.
+        self.open_calls = open_calls
         self.balances = balances
         self.pricebook = pricebook
         self.provider = provider  # the OpenAI provider (its base URL and operator key)
@@ -203,6 +206,8 @@ class ResponseBindings:
         except Exception as e:
             log.warning("response binding lookup failed: %s", e)
             return Refusal(503, "Kylon cannot check this response right now (database unavailable).", "database")
+        if binding is None:
+            binding = self.being_created(response_id)
         if binding is None or binding.agent_id != call.agent.agent_id:
             return Refusal(404, f"Response with id '{response_id[:200]}' not found.", "not_found")
         if route.lifecycle in ("use", "delete"):
@@ -215,6 +220,16 @@ class ResponseBindings:
             if binding.pending:
                 return Refusal(400, "This background response is still running: cancel it (responses.cancel) "
                                     "or wait until it finishes before deleting it.", "pending")
+        return None
+
+    def being_created(self, response_id):
+        """The Binding a stream still under way will make for the response, or None."""
+        for handler in self.open_calls:
+            call = handler.call
+            exchange = call.exchange if call is not None else None
+            if exchange is not None and exchange.object_id == response_id and exchange.route.lifecycle == "create":
+                return Binding(response_id, call.agent.agent_id, call.key.key_id, exchange.model, False, True,
+                               call.request_id, call.started_at)
         return None
 
     def settle(self, call, usage):

@@ -261,6 +261,21 @@ def test_a_resumed_stream_bills_it(slow_poller, fake_openai):
     assert slow_poller.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL
 
 
+def test_a_response_being_streamed_is_already_its_agents(slow_poller, fake_openai):
+    _, client = new_agent(slow_poller)
+    _, other = new_agent(slow_poller)
+    with client.responses.with_streaming_response.create(
+        model="gpt-4o-mini", input="Hi", background=True, stream=True, metadata=HELD
+    ) as stream:
+        events = stream.parse()
+        response_id = next(events).response.id
+        assert client.responses.retrieve(response_id).status in ("queued", "in_progress")
+        with pytest.raises(openai.NotFoundError):
+            other.responses.retrieve(response_id)
+        fake_openai.complete(response_id)
+        assert list(events)[-1].type == "response.completed"
+
+
 def test_a_background_stream_read_to_its_end_is_billed_by_the_create(slow_poller, fake_openai):
     agent, client = new_agent(slow_poller)
     events = list(client.responses.create(model="gpt-4o-mini", input="Hi", background=True, stream=True))
