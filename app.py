@@ -33,6 +33,7 @@ from kylon.services import Services
 from kylon.settings import Settings
 from kylon.throttle import FailureThrottle
 from kylon.journal import Journal
+from kylon.responses import ResponseBindings
 from kylon.usage import UsageWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,6 +115,9 @@ async def serve(settings):
     services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,
                                         forget_after=300)
     relay.configure_client(settings.max_upstream_connections)
+    services.responses = ResponseBindings(worker, balances, pricebook, providers["openai"], settings,
+                                          services.open_calls)
+    await services.responses.load_pending()
 
     app = make_app(services, cookie_secret)
     server = KylonHTTPServer(
@@ -128,6 +132,7 @@ async def serve(settings):
     # Other processes' price changes: the admin handlers reload at once after their own.
     prices_task = repeat(settings.cache_refresh_seconds, lambda: pricebook.reload(worker), "price reload")
     writer.start()
+    services.responses.start()
     # Everything made at start lives as long as the process: keep the cyclic
     # GC from walking it again and again (its full passes are latency spikes).
     gc.collect()
@@ -161,6 +166,7 @@ async def shutdown(server, services):
             break
         await asyncio.sleep(0.05)
     services.cache.stop()
+    await services.responses.close()
     written = await services.writer.close()
     services.db.close()
     services.access_log.flush()

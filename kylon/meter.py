@@ -49,7 +49,7 @@ class ResponseMeter:
         elif route.answer is not None and status < 400:
             self.json_body = self.reshapes = True
             self.body = []
-        elif "json" in content_type and route.read_usage is not None and status < 400:
+        elif "json" in content_type and (route.read_usage or route.read_answer) is not None and status < 400:
             self.json_body = True
             self.body = []
 
@@ -90,6 +90,8 @@ class ResponseMeter:
                 parsed = None
             if self.reshapes:
                 self.answer_json = parsed if isinstance(parsed, dict) else None
+            if self.route.read_answer is not None:
+                self.route.read_answer(exchange, parsed)
             if parsed is not None and self.route.read_usage is not None:
                 # Any JSON value: the route's reader knows its provider's shapes.
                 usage = self.route.read_usage(parsed)

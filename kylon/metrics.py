@@ -79,6 +79,16 @@ USAGE_WRITE_FAILURES = Counter(
     "Failed attempts to write a batch of usage records (they are kept and retried).",
 )
 
+BACKGROUND_PENDING = Gauge(
+    "kylon_background_responses_pending",
+    "Background responses this process waits on to bill their final usage.",
+)
+BACKGROUND_POLLS = Counter(
+    "kylon_background_polls_total",
+    "Kylon's own reads of background responses upstream, by outcome (running, ended, gone, error).",
+    ["outcome"],
+)
+
 
 # Labelled series, looked up once: `.labels()` validates and locks on every
 # call, and a proxied call touches about ten series. The label values are

@@ -23,6 +23,8 @@ class Services:
     # Wrong admin tokens per client address, log-in page and admin API together.
     admin_tokens: object = field(default_factory=admin_token_throttle)
     access_log: object = None  # accesslog.AccessLog
+    # Stored responses' owners and background charges (responses.ResponseBindings).
+    responses: object = None
     # Every request header a provider takes a Kylon key from: none goes upstream.
     key_headers: frozenset = frozenset()
 

@@ -48,6 +48,11 @@ class Settings:
     bad_key_free_failures: int = 10
     # Forwarded client addresses are trusted only from these proxies (nginx).
     xheaders: bool = False
+    # Background responses: Kylon's first poll of one comes this long after its
+    # create (then twice as long each time, up to a minute); it gives up after
+    # background_max_seconds.
+    background_poll_seconds: float = 2.0
+    background_max_seconds: float = 24 * 3600.0
     # The asyncio loop under Tornado: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
     env: dict = field(default_factory=dict)
@@ -73,6 +78,8 @@ class Settings:
             journal_dir=env.get("KYLON_JOURNAL_DIR") or "kylon-journal",
             bad_key_free_failures=_int(env, "KYLON_BAD_KEY_FREE_FAILURES", 10),
             xheaders=(env.get("KYLON_TRUST_PROXY_HEADERS", "").lower() in ("1", "true", "yes")),
+            background_poll_seconds=_float(env, "KYLON_BACKGROUND_POLL_SECONDS", 2),
+            background_max_seconds=_float(env, "KYLON_BACKGROUND_MAX_SECONDS", 24 * 3600),
             event_loop=(env.get("KYLON_EVENT_LOOP") or "uvloop").lower(),
             env=env,
         )

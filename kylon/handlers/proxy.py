@@ -214,6 +214,11 @@ class ProxyHandler(AnswerRelay, BaseHandler):
             body, refusal = self.read_json(body)
             if refusal is not None:
                 return self.reject(refusal)
+        if exchange.route is not None and exchange.route.lifecycle:
+            # A stored response the call names must be the agent's (kylon/responses.py).
+            refusal = await self.services.responses.admit(self.call)
+            if refusal is not None:
+                return self.reject(refusal)
         refusal = await provider.ready(exchange)
         if refusal is not None:
             return self.reject(Refusal(refusal[0], refusal[1], "provider"))
@@ -344,6 +349,9 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         call = self.call
         if call is None or call.recorded:
             return
+        if call.exchange.route is not None and call.exchange.route.lifecycle:
+            # Binds a created response; a background one is billed when it ends.
+            usage = self.services.responses.settle(call, usage)
         self.release(call)
         services = self.services
         upstream_id = upstream_request_id(self.provider, self.exchange.response_headers)

@@ -16,9 +16,12 @@ from .upload import UploadSession
 from .holds import CreditHold, KeyHold
 from .rollup import UsageRollup
 from .controls import AuditEntry, Webhook
+from .responses import ResponseBinding
 
-ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, KeyHold, UsageRollup,
-              AuditEntry, Webhook]
+ALL_MODELS = [
+    Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession,
+    CreditHold, KeyHold, UsageRollup, AuditEntry, Webhook, ResponseBinding,
+]
 
 
 def open_database(url):

@@ -53,6 +53,14 @@ class Route:
     usage_from_headers: (Exchange, response headers) -> Usage or None.
     free: the call costs nothing: its usage is final at zero before it goes
         upstream, whatever becomes of the transfer, and it holds nothing.
+    read_answer: (Exchange, the parsed JSON answer) -> None: notes what the
+        answer says of the stored object it carries (an OpenAI response).
+    lifecycle: the route's part in a stored response's life (kylon/responses.py):
+        "create" binds the id its answer shows to the calling agent; "use" and
+        "delete" name one in the path (the pattern's first group), "refer"
+        (and "create") may name one in the body (`previous_response_id`);
+        a named one must be the calling agent's, else 404 with nothing sent
+        upstream.
     """
 
     path: str
@@ -67,6 +75,8 @@ class Route:
     hold: Callable | None = None
     usage_from_headers: Callable | None = None
     free: bool = False
+    read_answer: Callable | None = None
+    lifecycle: str = ""
 
     def __post_init__(self):
         self.pattern = re.compile(self.path + r"\Z")
@@ -110,6 +120,16 @@ class Exchange:
     # Where the call goes instead of base URL + path, query and all (a Gemini
     # resumable upload's byte chunks go to the session URL upstream gave).
     upstream_url: str = ""
+    # A stored response the request names (the path, or the body's
+    # `previous_response_id`): it must be the calling agent's.
+    named_object: str = ""
+    # What the answer showed of the response it carries: id, status, usage.
+    object_id: str = ""
+    object_status: str = ""
+    object_usage: Usage | None = None
+    # A Responses create with `background` true; with `store` not false.
+    background: bool = False
+    stored: bool = False
 
     def make_free(self):
         """Nothing to bill: usage final at zero, whatever becomes of the transfer."""
@@ -178,10 +198,16 @@ class Provider:
     # -- request ------------------------------------------------------------
     def match(self, path, method):
         """(route, allowed) for a path: the route, or None for pass-through
-        paths; allowed False when the path exists but not for this method."""
+        paths; allowed False when the path exists but not for this method.
+        Several routes may share a path, one per method (retrieve, delete)."""
+        found = None
         for route in self.routes:
             if route.pattern.match(path):
-                return route, method in route.methods
+                if method in route.methods:
+                    return route, True
+                found = found or route
+        if found is not None:
+            return found, False
         return None, self.passthrough
 
     def client_key(self, request):

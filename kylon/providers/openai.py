@@ -3,7 +3,9 @@
 Chat-completion streams report usage only when asked
 (`stream_options.include_usage`); Kylon always asks, and keeps the extra usage
 chunk from a client that did not. Responses streams end with
-`response.completed` (or `.failed` / `.incomplete`) carrying the usage.
+`response.completed` (or `.failed` / `.incomplete`) carrying the usage. A
+response's id is bound to the agent that created it, and a background
+response is billed once from its final usage: kylon/responses.py.
 
 Images (generations, edits) are billed as the Images section below says.
 """
@@ -130,17 +132,37 @@ def response_tool_calls(output):
 
 
 _RESPONSE_FINAL = (b"response.completed", b"response.failed", b"response.incomplete")
+# The events whose `response` says which response this is and its status.
+_RESPONSE_EVENTS = (b"response.created", b"response.queued", b"response.in_progress") + _RESPONSE_FINAL
+
+
+def note_response(exchange, body):
+    """What an answer (or a stream event) shows of the response it carries:
+    its id, status and usage, kept for kylon/responses.py (binding, and the
+    one charge of a background response)."""
+    if not isinstance(body, dict):
+        return
+    response_id, status = body.get("id"), body.get("status")
+    if isinstance(response_id, str) and response_id:
+        exchange.object_id = response_id
+    if isinstance(status, str):
+        exchange.object_status = status
+    usage = responses_usage(body)
+    if usage is not None:
+        exchange.object_usage = usage
 
 
 def responses_event(exchange, event):
     name = event.name
     if name.endswith(b".delta"):
         exchange.output_events += 1
-    elif name in _RESPONSE_FINAL or (not name and event.data and b'"response.' in event.data):
+    elif name in _RESPONSE_EVENTS or (not name and event.data and b'"response.' in event.data):
         payload = json_or_none(event.data or b"")
         if payload is not None and isinstance(payload.get("response"), dict):
-            usage = responses_usage(payload["response"])
-            if usage is not None:
+            note_response(exchange, payload["response"])
+            usage = exchange.object_usage
+            # A free route (a resumed stream of a stored response) bills nothing itself.
+            if usage is not None and not exchange.route.free:
                 exchange.usage = usage
                 exchange.usage_final = True
             if name == b"response.failed":
@@ -149,6 +171,42 @@ def responses_event(exchange, event):
         # Two shapes are seen: code/message at the top, or nested under "error".
         exchange.stream_error = error_message(json_or_none(event.data or b"")) or "error event"
     return True
+
+
+def read_responses_request(exchange, body):
+    """A Responses create (or input-token count, compaction): whether it runs in
+    the background, is stored, and which earlier response it builds on."""
+    exchange.background = body.get("background") is True
+    exchange.stored = body.get("store") is not False
+    previous = body.get("previous_response_id")
+    if isinstance(previous, str) and previous:
+        exchange.named_object = previous
+    return False
+
+
+# A stored response's own paths: /v1/responses/{response_id}[/…].
+_RESPONSE_ID = r"/v1/responses/([^/]+)"
+
+
+def responses_routes():
+    """The Responses API's routes (kylon/responses.py keeps each response's owner
+    and bills a background response once, from its final usage)."""
+    return [
+        Route(r"/v1/responses", "responses", read_usage=responses_usage, read_answer=note_response,
+              on_event=responses_event, rewrite=read_responses_request, lifecycle="create"),
+        # Named before the stored-response paths their names would match.
+        Route(r"/v1/responses/input_tokens", "responses.input_tokens", free=True, rewrite=read_responses_request,
+              lifecycle="refer"),
+        Route(r"/v1/responses/compact", "responses.compact", read_usage=responses_usage,
+              rewrite=read_responses_request, lifecycle="refer"),
+        Route(_RESPONSE_ID, "responses.retrieve", methods=("GET",), body="raw", free=True,
+              read_answer=note_response, on_event=responses_event, lifecycle="use"),
+        Route(_RESPONSE_ID, "responses.delete", methods=("DELETE",), body="raw", free=True, lifecycle="delete"),
+        Route(_RESPONSE_ID + r"/cancel", "responses.cancel", body="raw", free=True, read_answer=note_response,
+              lifecycle="use"),
+        Route(_RESPONSE_ID + r"/input_items", "responses.input_items", methods=("GET",), body="raw", free=True,
+              lifecycle="use"),
+    ]
 
 
 # -- Images -------------------------------------------------------------------
@@ -344,7 +402,7 @@ class OpenAI(OpenAICompatible):
 
     routes = [
         chat_completions_route(),
-        Route(r"/v1/responses", "responses", read_usage=responses_usage, on_event=responses_event),
+        *responses_routes(),
         Route(
             r"/v1/images/generations",
             "images.generations",

@@ -17,6 +17,14 @@ The model name picks a behaviour, so a test needs no set-up calls:
 Anything else answers normally. Usage figures are fixed per call:
 prompt 9 (3 cached), completion 12 (4 reasoning).
 
+Stored responses (`store` not false, or `background`): retrieve (JSON, or
+`?stream=true&starting_after=N` replaying the events after sequence number
+N), cancel, delete, input items; a background response goes queued →
+in_progress → completed over time (QUEUED_SECONDS, RUN_SECONDS; metadata
+{"fake": "held"} holds it in progress until `fake.complete(id)`) and reports
+its usage only once completed (a cancelled one: CANCELLED_OUTPUT_TOKENS of
+output). Also input_tokens and compact.
+
 Images: generations (JSON) and edits (multipart, checked strictly: the boundary
 of the Content-Type is the body's own, every part well formed; or JSON with
 `images: [{image_url}]`), plain or streamed (`image_generation.*` /
@@ -38,6 +46,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 
 import tornado.httputil
 import tornado.web
@@ -242,15 +251,115 @@ class ChatCompletions(OpenAIHandler):
         self.finish()
 
 
-class Responses(OpenAIHandler):
+# Background responses: queued this long, then in progress until RUN_SECONDS
+# after their create (or, with metadata {"fake": "held"}, until
+# `fake.complete(id)`), then completed with their usage. A cancel gives
+# CANCELLED_OUTPUT_TOKENS of output.
+QUEUED_SECONDS = 0.2
+RUN_SECONDS = 0.6
+CANCELLED_OUTPUT_TOKENS = 2
+TERMINAL = ("completed", "failed", "cancelled", "incomplete")
+
+
+class StoredResponse:
+    """A response the fake keeps (store not false): its final form, and for
+    a background one where it is on its way there."""
+
+    def __init__(self, response, background, held, request):
+        self.final = response
+        self.background = background
+        self.held = held
+        self.request = request
+        self.created = time.monotonic()
+        self.cancelled = False
+
+    @property
+    def status(self):
+        if not self.background:
+            return self.final["status"]
+        if self.cancelled:
+            return "cancelled"
+        age = time.monotonic() - self.created
+        if age < QUEUED_SECONDS:
+            return "queued"
+        if self.held or age < RUN_SECONDS:
+            return "in_progress"
+        return "completed"
+
+    def current(self):
+        """The response as a retrieve shows it now: usage only once it ended."""
+        status = self.status
+        if status == "completed":
+            return self.final
+        if status == "cancelled":
+            usage = {**responses_usage(), "output_tokens": CANCELLED_OUTPUT_TOKENS,
+                     "output_tokens_details": {"reasoning_tokens": 0},
+                     "total_tokens": PROMPT_TOKENS + CANCELLED_OUTPUT_TOKENS}
+            return {**self.final, "status": "cancelled", "output": [], "usage": usage}
+        return {**self.final, "status": status, "output": [], "usage": None}
+
+    def events(self):
+        """The response's stream events as (name, payload), sequence numbers
+        being their indexes; the last one, its end, once it has ended."""
+        response, text = self.final, "".join(WORDS)
+        first = {**response, "status": "queued" if self.background else "in_progress", "output": [], "usage": None}
+        running = {**first, "status": "in_progress"}
+        item = {"type": "message", "id": "msg_fake1", "status": "in_progress", "role": "assistant", "content": []}
+        at = {"item_id": "msg_fake1", "output_index": 0, "content_index": 0}
+        events = [("response.created", {"response": first}), ("response.in_progress", {"response": running}),
+                  ("response.output_item.added", {"output_index": 0, "item": item}),
+                  ("response.content_part.added", {**at, "part": {"type": "output_text", "text": "",
+                                                                  "annotations": []}})]
+        events += [("response.output_text.delta", {**at, "delta": word}) for word in WORDS]
+        events += [("response.output_text.done", {**at, "text": text}),
+                   ("response.content_part.done", {**at, "part": {"type": "output_text", "text": text,
+                                                                  "annotations": []}}),
+                   ("response.output_item.done", {"output_index": 0, "item": response["output"][0]}),
+                   ("response.completed", {"response": response})]
+        return events
+
+
+class ResponsesHandler(OpenAIHandler):
+    async def send_event(self, sequence, name, payload):
+        return await self.send(json.dumps({"type": name, "sequence_number": sequence, **payload}), event=name)
+
+    async def stream_stored(self, stored, starting_after=-1):
+        """A background response's events after `starting_after`, the rest as it
+        gets on: the deltas wait for it to end (a cancelled one ends there)."""
+        self.start_stream()
+        for sequence, (name, payload) in enumerate(stored.events()):
+            if sequence <= starting_after:
+                continue
+            if name == "response.output_text.delta":
+                while stored.status not in TERMINAL and not self.client_gone():
+                    await asyncio.sleep(0.01)
+                if stored.status != "completed":
+                    break
+            if not await self.send_event(sequence, name, payload):
+                return
+        self.finish()
+
+    def stored(self, response_id):
+        """The stored response, or None after answering 404 as OpenAI does."""
+        stored = self.fake.responses.get(response_id)
+        if stored is None:
+            self.set_status(404)
+            self.finish(openai_error(404, f"Response with id '{response_id}' not found.",
+                                     "invalid_request_error", None))
+        return stored
+
+
+class Responses(ResponsesHandler):
     async def post(self):
         body = await self.accept()
         if body is None:
             return
         model = body.get("model", "")
         text = "".join(WORDS)
+        self.fake.response_count += 1
+        response_id = f"resp_fake{self.fake.response_count}_{uuid.uuid4().hex[:12]}"
         response = {
-            "id": "resp_fake1",
+            "id": response_id,
             "object": "response",
             "created_at": int(time.time()),
             "status": "completed",
@@ -270,37 +379,80 @@ class Responses(OpenAIHandler):
             "usage": self.with_test_fields(responses_usage()),
             "error": None,
             "incomplete_details": None,
+            "background": body.get("background") is True,
         }
         response = self.with_test_fields(response, "x-fake-response")
+        background = body.get("background") is True
+        stored = StoredResponse(response, background, (body.get("metadata") or {}).get("fake") == "held", body)
+        if body.get("store") is not False or background:
+            self.fake.responses[response_id] = stored
+        if background:
+            if body.get("stream"):
+                return await self.stream_stored(stored)
+            return self.finish(stored.current())
         if not body.get("stream"):
             self.finish(response)
             return
         self.start_stream()
-        seq = iter(range(1000))
-        started = {**response, "status": "in_progress", "output": [], "usage": None}
-
-        async def event(name, **payload):
-            return await self.send(json.dumps({"type": name, "sequence_number": next(seq), **payload}), event=name)
-
-        if not await event("response.created", response=started):
-            return
-        await event("response.in_progress", response=started)
-        item = {"type": "message", "id": "msg_fake1", "status": "in_progress", "role": "assistant", "content": []}
-        await event("response.output_item.added", output_index=0, item=item)
-        await event("response.content_part.added", item_id="msg_fake1", output_index=0, content_index=0,
-                    part={"type": "output_text", "text": "", "annotations": []})
-        for i, word in enumerate(WORDS):
-            if not await event("response.output_text.delta", item_id="msg_fake1", output_index=0,
-                               content_index=0, delta=word):
+        for sequence, (name, payload) in enumerate(stored.events()):
+            if not await self.send_event(sequence, name, payload):
                 return
-            if i == 0 and not await self.pause_for(model):
+            if payload.get("delta") == WORDS[0] and not await self.pause_for(model):
                 return
-        await event("response.output_text.done", item_id="msg_fake1", output_index=0, content_index=0, text=text)
-        await event("response.content_part.done", item_id="msg_fake1", output_index=0, content_index=0,
-                    part={"type": "output_text", "text": text, "annotations": []})
-        await event("response.output_item.done", output_index=0, item=response["output"][0])
-        await event("response.completed", response=response)
         self.finish()
+
+
+class ResponseById(ResponsesHandler):
+    async def get(self, response_id):
+        if not self.check_auth() or (stored := self.stored(response_id)) is None:
+            return
+        if self.get_argument("stream", "") == "true":
+            return await self.stream_stored(stored, int(self.get_argument("starting_after", "-1")))
+        self.finish(stored.current())
+
+    def delete(self, response_id):
+        if not self.check_auth() or self.stored(response_id) is None:
+            return
+        del self.fake.responses[response_id]
+        self.finish({"id": response_id, "object": "response", "deleted": True})
+
+
+class ResponseCancel(ResponsesHandler):
+    def post(self, response_id):
+        if not self.check_auth() or (stored := self.stored(response_id)) is None:
+            return
+        if not stored.background:
+            self.set_status(400)
+            return self.finish(openai_error(400, "Only responses created with background=true can be cancelled.",
+                                            "invalid_request_error", None))
+        if stored.status not in TERMINAL:
+            stored.cancelled = True
+        self.finish(stored.current())
+
+
+class ResponseInputItems(ResponsesHandler):
+    def get(self, response_id):
+        if not self.check_auth() or (stored := self.stored(response_id)) is None:
+            return
+        given = stored.request.get("input")
+        items = given if isinstance(given, list) else [{"role": "user", "content": given}]
+        data = [{"type": "message", "id": f"msg_in{i}", "status": "completed", "role": item.get("role", "user"),
+                 "content": [{"type": "input_text", "text": item.get("content")}]} for i, item in enumerate(items)]
+        self.finish({"object": "list", "data": data, "first_id": data[0]["id"], "last_id": data[-1]["id"],
+                     "has_more": False})
+
+
+class InputTokens(OpenAIHandler):
+    async def post(self):
+        if await self.accept() is not None:
+            self.finish({"object": "response.input_tokens", "input_tokens": PROMPT_TOKENS})
+
+
+class Compact(OpenAIHandler):
+    async def post(self):
+        if await self.accept() is not None:
+            self.finish({"id": f"cmp_fake_{uuid.uuid4().hex[:12]}", "object": "response.compaction",
+                         "created_at": int(time.time()), "output": [], "usage": responses_usage()})
 
 
 # -- images --------------------------------------------------------------------
@@ -433,8 +585,22 @@ class FakeOpenAI(FakeServer):
         self.release = threading.Event()
         self.edits = []
         self.edit_bytes = 0
+        self.responses = {}  # id -> StoredResponse
+        self.response_count = 0
         super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/responses", Responses),
+                          (r"/v1/responses/input_tokens", InputTokens), (r"/v1/responses/compact", Compact),
+                          (r"/v1/responses/([^/]+)/cancel", ResponseCancel),
+                          (r"/v1/responses/([^/]+)/input_items", ResponseInputItems),
+                          (r"/v1/responses/([^/]+)", ResponseById),
                           (r"/v1/images/generations", ImageGenerations), (r"/v1/images/edits", ImageEdits)])
+
+    def complete(self, response_id):
+        """A held background response completes now."""
+        self.responses[response_id].held = False
+
+    def polls(self, response_id):
+        """The reads of a response upstream (Kylon's polls and relayed retrieves)."""
+        return sum(1 for r in self.received if r.method == "GET" and r.path == f"/v1/responses/{response_id}")
 
     def kylon_env(self):
         return {"OPENAI_API_KEY": self.api_key, "KYLON_OPENAI_BASE_URL": self.url}
