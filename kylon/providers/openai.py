@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from ..billing import Usage
 from ..prices import table
-from .base import MAX_COPIES, MAX_TOKENS, Provider, Route, error_message, integer, json_or_none, member
+from .base import MAX_COPIES, MAX_TOKENS, ModelListing, Provider, Route, error_message, integer, json_or_none, member
 
 # Chat chunks carry `"usage":null` on every event once usage is requested; only
 # a chunk with a real usage object needs parsing.
@@ -96,6 +96,12 @@ def chat_completions_route():
         on_event=chat_event,
         rewrite=ask_for_stream_usage,
     )
+
+
+def model_routes():
+    """GET /v1/models and /v1/models/{id}, free, filtered by the allow-lists
+    (OpenAI's shape: {"object": "list", "data": [{"id": …}]}; Cerebras too)."""
+    return ModelListing().routes(r"/v1/models", r"/v1/models/(?P<model>[^/]+)")
 
 
 def responses_usage(body):
@@ -363,6 +369,7 @@ class OpenAI(OpenAICompatible):
             prepare=read_edit_request,
             hold=image_hold,
         ),
+        *model_routes(),
     ]
 
     # Credits per million tokens (1 credit = 1 USD): kylon/prices.json, from
