@@ -1,4 +1,4 @@
-"""OpenAI: chat completions, the Responses API and images.
+"""OpenAI: chat completions, the Responses API, images and the model list.
 
 Chat-completion streams report usage only when asked
 (`stream_options.include_usage`); Kylon always asks, and keeps the extra usage
