@@ -249,6 +249,27 @@ def test_gemini_refuses_a_model_not_allowed_from_its_path(kylon, fakes):
     assert list(c.files.list()) is not None
 
 
+def test_the_gemini_helpers_and_openai_images_are_checked_with_the_model_they_use(kylon, fakes):
+    agent, key = agent_with_key(kylon, key_models=["gemini-2.5-flash-lite", "gpt-image-1*"])
+    before = len(fakes["gemini"].received) + len(fakes["openai"].received)
+    inline = {"mime_type": "text/plain", "data": "aGk="}
+    # The helper's default model (gemini-2.5-flash) when the request names none.
+    r = httpx.post(kylon.url + "/proxy/gemini/file-understanding", headers={"x-goog-api-key": key["key"]},
+                   json={"inline_data": inline, "prompt": "Hi"})
+    assert r.status_code == 403 and "'gemini-2.5-flash'" in r.json()["error"]["message"]
+    assert r.json()["error"]["status"] == "PERMISSION_DENIED"
+    # OpenAI's default image model (dall-e-2) when the request names none.
+    images = openai_client(kylon, key["key"]).images
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        images.generate(prompt="A cat")
+    assert "'dall-e-2'" in err.value.message
+    assert len(fakes["gemini"].received) + len(fakes["openai"].received) == before
+    r = httpx.post(kylon.url + "/proxy/gemini/file-understanding", headers={"x-goog-api-key": key["key"]},
+                   json={"inline_data": inline, "prompt": "Hi", "model": "gemini-2.5-flash-lite"})
+    assert r.status_code == 200, r.text
+    assert images.generate(model="gpt-image-1", prompt="A cat").data
+
+
 def test_cerebras_refuses_a_model_not_allowed(kylon, fakes):
     fake = fakes["cerebras"]
     agent, key = agent_with_key(kylon, key_models=["llama3.1-*"])
