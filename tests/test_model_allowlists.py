@@ -324,7 +324,7 @@ def test_openai_listing_shows_what_the_key_may_call(kylon, fakes):
     before = len(fakes["openai"].received)
     with pytest.raises(openai.NotFoundError) as err:
         c.models.retrieve("gpt-4o")
-    assert "'gpt-4o'" in err.value.message
+    assert "'gpt-4o'" in err.value.message and err.value.code == "model_not_found"
     assert len(fakes["openai"].received) == before
     # No list: everything upstream has, as it came.
     _, free_key = agent_with_key(kylon)

@@ -26,8 +26,14 @@ class Refusal(NamedTuple):
     message: str
     # The label of kylon_rejected_requests_total.
     reason: str = "bad_request"
-    # The error body's code, where the status's usual one would mislead.
-    code: str | None = None
+
+    @property
+    def code(self):
+        """The error body's code where the status's usual one would mislead, else None."""
+        return ERROR_CODES.get((self.status, self.reason))
+
+
+ERROR_CODES = {(403, "model"): "model_not_allowed", (404, "model"): "model_not_found"}
 
 
 OUT_OF_CREDITS = "Out of credits: this agent's balance, less what its running calls hold, is not positive."
@@ -201,8 +207,7 @@ def check_model(provider_name, model, key, agent):
     calls a model, WebSocket ones included."""
     for who, patterns in (("agent", agent.limits.models), ("key", key.limits.models)):
         if patterns and not (model and model_matcher(provider_name, patterns)(model)):
-            return Refusal(403, model_refusal_message(provider_name, model, who, patterns), "model",
-                           "model_not_allowed")
+            return Refusal(403, model_refusal_message(provider_name, model, who, patterns), "model")
     return None
 
 

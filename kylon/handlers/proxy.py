@@ -169,7 +169,7 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         if refusal is not None and uses == "get":
             # As the provider answers a model the account cannot see.
             return Refusal(404, f"The model '{exchange.model}' does not exist or you do not have access to it "
-                                f"(not among the models this Kylon key may call).", "model", "model_not_found")
+                                f"(not among the models this Kylon key may call).", "model")
         return refusal
 
     def data_received(self, chunk):
