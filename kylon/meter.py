@@ -111,6 +111,9 @@ class ResponseMeter:
     def reshaped(self, usage, credits):
         """The route's own answer, built from the upstream's JSON and the call's usage."""
         answer = self.route.answer(self.exchange, self.answer_json, usage, credits)
+        if answer is None:
+            # The route lets this answer go as it came (a listing no allow-list filters).
+            return b"".join(self.body)
         return json.dumps(answer, default=str).encode("utf-8")
 
 

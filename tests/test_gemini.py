@@ -204,14 +204,19 @@ def test_no_credits_gets_402_before_upstream(kylon, fake_gemini):
 
 def test_passthrough_calls_are_authenticated_recorded_and_free(kylon, fake_gemini, agent_key):
     agent, key = agent_key
-    models = list(client(kylon, key).models.list())
-    assert [m.name for m in models] == ["models/gemini-2.5-flash"]
+    list(client(kylon, key).files.list())
     received = fake_gemini.last()
-    assert received.method == "GET" and received.path.endswith("/models")
+    assert received.method == "GET" and received.path.endswith("/files")
     assert_clean_upstream(received, key)
-    record = kylon.usage_for_agent(agent["id"], 1)[0]
-    assert record["status"] == "completed" and record["route"].endswith("/models")
-    assert Decimal(record["credits"]) == 0 and record["estimated"] is False
+    # The model listing is a route of its own (filtered by allowed models), free too.
+    models = list(client(kylon, key).models.list())
+    assert [m.name for m in models] == [m["name"] for m in fake_wire.MODELS]
+    assert_clean_upstream(fake_gemini.last(), key)
+    records = kylon.usage_for_agent(agent["id"], 2)
+    assert sorted(r["route"] for r in records) == ["/v1/files", "models.list"]
+    for record in records:
+        assert record["status"] == "completed"
+        assert Decimal(record["credits"]) == 0 and record["estimated"] is False
     r = httpx.get(kylon.url + "/proxy/gemini/v1beta/files")
     assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
 

@@ -68,7 +68,7 @@ def test_the_spend_starts_from_zero_at_the_period_boundary(worker):
         charge("req_late", "0.9", T(2026, 12, 2, 23, 59, 55))
         assert balance.available == Decimal("0.1")  # at once, before the batch is written
         hold, refusal = admission.check_hold(costs("0.5"), PER_CREDIT, balances.of(agent_id), balance)
-        assert refusal.reason == "key_limit" and admission.CODES[refusal.reason] == "key_limit_reached"
+        assert refusal.reason == "key_limit" and refusal.code == "key_limit_reached"
         assert refusal.message == ("Key credit limit reached: this call may cost up to 0.5 credits; the key has "
                                    "0.1 left of its limit of 1 credits a day (spent 0.9 this period, 0 held by its "
                                    "running calls). It resets at 2026-12-03T00:00:00Z.")

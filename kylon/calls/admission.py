@@ -7,10 +7,12 @@ gate (403), credits (402: the agent's balance, then the key's credit limit),
 the declared body size (413); once the body is read, its JSON (400) and the
 hold (402, the same two). Each returns a Refusal, or None when the call may
 go on. A 402 names what ran out, its figures and when it resets, with a
-machine-readable code (CODES).
+machine-readable code (ERROR_CODES).
 """
 
 import decimal
+import fnmatch
+import functools
 import json
 import re
 import urllib.parse
@@ -28,9 +30,17 @@ class Refusal(NamedTuple):
     # The label of kylon_rejected_requests_total.
     reason: str = "bad_request"
 
+    @property
+    def code(self):
+        """The error body's code where the status's usual one would mislead, else None."""
+        return ERROR_CODES.get((self.status, self.reason))
 
-# The error body's `code` of a refusal, by its reason (else the status's own, errors.py).
-CODES = {"credits": "insufficient_credits", "key_limit": "key_limit_reached"}
+
+# The error body's `code` of a refusal, by its status and reason (else the status's own, errors.py).
+ERROR_CODES = {
+    (402, "credits"): "insufficient_credits", (402, "key_limit"): "key_limit_reached",
+    (403, "model"): "model_not_allowed", (404, "model"): "model_not_found",
+}
 PERIODS = {"daily": "a day", "weekly": "a week", "monthly": "a month", "none": "in all"}
 
 
@@ -210,3 +220,58 @@ def read_request(provider, exchange, body):
     except ValueError as e:
         return None, Refusal(400, str(e))
     return body, None
+
+
+# -- allowed models (docs/controls.md) -------------------------------------------
+
+# Shown at most in a refusal's message.
+SHOWN_PATTERNS = 20
+
+
+@functools.lru_cache(maxsize=4096)
+def model_matcher(provider_name, patterns):
+    """A test of a model name against allowed-model patterns (a tuple, as
+    Limits.models holds them) on one provider, compiled once per list and
+    provider. fnmatch wildcards (`*`, `?`, `[…]`); a pattern prefixed with this
+    provider's name (`openrouter:moonshotai/*`) matches the rest against the
+    model, and every pattern also matches the model name as it is: so a pattern
+    with another provider's prefix matches none of this provider's models, and
+    a name with a colon of its own (`ft:gpt-4o-mini:org::id`) still matches."""
+    prefix = provider_name + ":"
+    parts = []
+    for pattern in patterns:
+        parts.append(fnmatch.translate(pattern))
+        if pattern.startswith(prefix):
+            parts.append(fnmatch.translate(pattern[len(prefix):]))
+    return re.compile("|".join(parts)).match
+
+
+def check_model(provider_name, model, key, agent):
+    """The 403 for a call of `model` that the agent's or the key's allowed
+    models exclude, else None (a call must pass both lists; an empty one allows
+    any model). `model` is the name the provider gives it (the body's `model`,
+    or the model in the path for Gemini) and "" when Kylon could not tell it:
+    refused whenever a list applies. `key` and `agent` are the call's KeyEntry
+    and AgentEntry (anything with `.limits.models`). Shared by every route that
+    calls a model, WebSocket ones included."""
+    for who, patterns in (("agent", agent.limits.models), ("key", key.limits.models)):
+        if patterns and not (model and model_matcher(provider_name, patterns)(model)):
+            return Refusal(403, model_refusal_message(provider_name, model, who, patterns), "model")
+    return None
+
+
+def model_refusal_message(provider_name, model, who, patterns):
+    shown = ", ".join(patterns[:SHOWN_PATTERNS]) + (", …" if len(patterns) > SHOWN_PATTERNS else "")
+    if not model:
+        return (f"Kylon could not tell which model this call is for (the request names none it could read), "
+                f"and this {who} may only call: {shown}.")
+    return f"The model '{model}' is not allowed for this {who} on {provider_name}; its allowed models are: {shown}."
+
+
+def model_filter(provider_name, key, agent):
+    """A test `model name -> bool` of what the key and its agent may call on
+    a provider (to filter a model listing), or None when any model is allowed."""
+    matchers = [model_matcher(provider_name, p) for p in (agent.limits.models, key.limits.models) if p]
+    if not matchers:
+        return None
+    return lambda model: all(matches(model) for matches in matchers)

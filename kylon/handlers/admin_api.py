@@ -40,14 +40,18 @@ class AdminAPIHandler(BaseHandler):
             raise AdminError(400, "The request body must be a JSON object.")
         return body
 
-    async def call(self, fn, *args, status=200, shown=None, **kwargs):
+    async def call(self, fn, *args, status=200, shown=None, before_answer=None, **kwargs):
         """Run an admin function on the database thread and answer with its
-        result (as `shown` presents it, if given); returns the result itself."""
+        result (as `shown` presents it, if given); returns the result itself.
+        `before_answer(result)`, a coroutine function, runs before the answer
+        goes (a cache refresh: a proxy call made after the answer meets the change)."""
         try:
             result = await self.services.db.run(fn, *args, **kwargs)
         except AdminError as e:
             self.send_kylon_error(e.status, e.message)
             return None
+        if before_answer is not None:
+            await before_answer(result)
         if status == 204:
             self.set_status(204)
             self.finish()
@@ -84,12 +88,13 @@ class AgentHandler(AdminAPIHandler):
     async def patch(self, agent_id):
         async def work():
             body = self.json_body()
-            result = await self.call(admin.update_agent, agent_id, body.get("name"), body.get("skills"), body,
-                                     actor=self.actor, shown=self.services.balances.shown)
-            if result is not None:
+            async def refresh(result):
                 self.services.cache.update_agent(result["id"], skills=result["skills"])
                 # Limits and allowed models apply to the next call.
                 await self.services.cache.refresh()
+
+            await self.call(admin.update_agent, agent_id, body.get("name"), body.get("skills"), body,
+                            actor=self.actor, shown=self.services.balances.shown, before_answer=refresh)
 
         await self.run(work)
 
@@ -129,10 +134,8 @@ class KeyHandler(AdminAPIHandler):
     async def patch(self, key_id):
         async def work():
             body = self.json_body()
-            result = await self.call(admin.update_key, key_id, body.get("name"), body.get("expires_at", ""), body,
-                                     actor=self.actor)
-            if result is not None:
-                await self.services.cache.refresh()
+            await self.call(admin.update_key, key_id, body.get("name"), body.get("expires_at", ""), body,
+                            actor=self.actor, before_answer=lambda result: self.services.cache.refresh())
 
         await self.run(work)
 

@@ -3,8 +3,8 @@ glue around the pieces of kylon/calls that decide (relaying the answer to
 the client is its mixin, handlers/answer.py).
 
 The order of a call: find the provider and route → authenticate the Kylon key
-→ admission (path, method, configuration, gate, credits, size) → read and
-check the body → hold the call's likely cost → forward with the operator's
+→ admission (path, method, configuration, gate, credits, size; the allowed
+models once the model is known) → read and check the body → hold the call's likely cost → forward with the operator's
 credential → relay the answer as it arrives while the meter reads usage →
 classify the outcome → the usage record. Every call that got past
 authentication leaves exactly one usage record, whatever happens after, but
@@ -66,6 +66,7 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         self.headers_sent = False
         self.streaming = False
         self.flush_scheduled = False
+        self.model_checked = False
 
     # -- admission ----------------------------------------------------------
     async def prepare(self):
@@ -109,6 +110,9 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         ) or admission.check_declared_size(self.request.headers.get("Content-Length"), limit)
         if refusal is not None:
             return self.reject(refusal)
+        refusal = self.check_path_model(route, path)
+        if refusal is not None:
+            return self.reject(refusal)
         # Kylon's own check (data_received) answers 413; Tornado's guard, set
         # higher, only catches a single chunk far beyond the limit (with a 400).
         self.request.connection.set_max_body_size(2 * limit)
@@ -133,8 +137,42 @@ class ProxyHandler(AnswerRelay, BaseHandler):
     def reject(self, refusal):
         """Refuse an authenticated call before it goes upstream; it is recorded."""
         metrics.child(metrics.REJECTED, self.provider.name, refusal.reason).inc()
-        self.send_kylon_error(refusal.status, refusal.message, admission.CODES.get(refusal.reason))
+        self.send_kylon_error(refusal.status, refusal.message, refusal.code)
         self.record(UsageStatus.REJECTED, refusal.status, Usage(), error=refusal.message)
+
+    # -- allowed models (docs/controls.md) -------------------------------------
+    def check_path_model(self, route, path):
+        """Before the body: a model named in the path (Gemini's calls, a model's
+        retrieve) checked against the allow-lists; a listing learns what to keep."""
+        call = self.call
+        if not (call.key.limits.models or call.agent.limits.models):
+            return None
+        if route is not None and route.models == "list":
+            self.exchange.model_allowed = admission.model_filter(self.provider.name, call.key, call.agent)
+            return None
+        model = self.provider.path_model(route, path)
+        if model is None:
+            return None
+        self.exchange.model = model
+        return self.check_model()
+
+    def check_model(self):
+        """The allow-lists' Refusal for the call's model, checked once, as soon
+        as it is known; None when the call may go on (or involves no model)."""
+        call, exchange = self.call, self.exchange
+        if self.model_checked or not (call.key.limits.models or call.agent.limits.models):
+            return None
+        self.model_checked = True
+        route = exchange.route
+        uses = route.models if route is not None else ("call" if exchange.model else "")
+        if uses not in ("call", "get"):
+            return None
+        refusal = admission.check_model(self.provider.name, exchange.model, call.key, call.agent)
+        if refusal is not None and uses == "get":
+            # As the provider answers a model the account cannot see.
+            return Refusal(404, f"The model '{exchange.model}' does not exist or you do not have access to it "
+                                f"(not among the models this Kylon key may call).", "model")
+        return refusal
 
     def data_received(self, chunk):
         if self._finished:
@@ -223,6 +261,9 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         if refusal is not None:
             return self.reject(Refusal(refusal[0], refusal[1], "provider"))
         body = provider.prepare_request(exchange, body)
+        refusal = self.check_model()  # the model is known now, from the body or the path
+        if refusal is not None:
+            return self.reject(refusal)
         refusal = self.hold_credits()
         if refusal is not None:
             return self.reject(refusal)

@@ -15,7 +15,7 @@ The functions here also serve Claude on Vertex AI (anthropic_vertex.py).
 
 from ..billing import Usage
 from ..prices import table
-from .base import Provider, Route, error_message, integer, json_or_none, member
+from .base import ModelListing, Provider, Route, error_message, integer, json_or_none, member
 
 # The error type Anthropic's SDK maps to each exception class.
 ERROR_TYPES = {
@@ -143,7 +143,8 @@ class Anthropic(Provider):
     client_key_headers = ("x-api-key", "authorization")
     default_request_headers = {"anthropic-version": "2023-06-01"}
     upstream_id_headers = ("request-id",)
-    routes = MESSAGE_ROUTES
+    routes = MESSAGE_ROUTES + ModelListing(cursors=True, page_size="limit").routes(
+        r"/v1/models", r"/v1/models/(?P<model>[^/]+)")
     prices = CLAUDE_PRICES
     fallback_price = CLAUDE_PRICES.fallback
 

@@ -12,6 +12,7 @@ import re
 from decimal import Decimal
 from dataclasses import dataclass, field
 from typing import Callable
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from ..billing import Price, Usage
 from ..errors import openai_error_body
@@ -43,7 +44,14 @@ class Route:
     rewrite: (Exchange, request JSON) -> True when it changed the request;
         a ValueError refuses the request (400, its message).
     answer: (Exchange, upstream JSON, Usage, credits) -> the JSON the client
-        gets instead of the upstream's (Kylon's own helper routes).
+        gets instead of the upstream's (Kylon's own helper routes, filtered
+        model listings), or None to let the upstream's answer go as it came.
+    models: what the route does with models, for the allow-lists
+        (docs/controls.md): "call" (it calls the model the request names; a
+        model not allowed, or one Kylon cannot tell, is refused), "list" (it
+        lists models: the answer is filtered), "get" (it describes the model
+        its path names, the group `(?P<model>…)` of `path`: 404 when not
+        allowed), "" (no model involved).
 
     What only this route does, called by the Provider's method of the same
     name (each optional):
@@ -77,6 +85,7 @@ class Route:
     free: bool = False
     read_answer: Callable | None = None
     lifecycle: str = ""
+    models: str = "call"
 
     def __post_init__(self):
         self.pattern = re.compile(self.path + r"\Z")
@@ -130,6 +139,9 @@ class Exchange:
     # A Responses create with `background` true; with `store` not false.
     background: bool = False
     stored: bool = False
+    # On a model listing under an allow-list: model name -> whether the key
+    # may call it (admission.model_filter); None = any model.
+    model_allowed: Callable | None = None
 
     def make_free(self):
         """Nothing to bill: usage final at zero, whatever becomes of the transfer."""
@@ -209,6 +221,13 @@ class Provider:
         if found is not None:
             return found, False
         return None, self.passthrough
+
+    def path_model(self, route, path):
+        """The model a call's path names (the route's `(?P<model>…)` group),
+        known before the body is read; None when the path names none."""
+        if route is not None and "model" in route.pattern.groupindex:
+            return unquote(route.pattern.match(path).group("model"))
+        return None
 
     def client_key(self, request):
         return key_from_headers(request, self.client_key_headers)
@@ -310,6 +329,61 @@ def key_from_headers(request, headers=("authorization", "x-api-key")):
                 value = token.strip()
             return value.strip()
     return None
+
+
+# -- model listings ------------------------------------------------------------
+
+# The largest page the providers' model listings give (Anthropic's `limit`,
+# Gemini's `pageSize`): asked for under an allow-list, so that the filtered
+# answer is one page of all the key may call, not pages emptied by the filter
+# (the SDKs stop at an empty page).
+LISTING_PAGE_MAX = 1000
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """A provider's model listing, filtered to what the key may call
+    (Exchange.model_allowed) in the provider's own shape: the entries under
+    `items`, each named by `name` (less `prefix`: Gemini's `models/`);
+    `cursors`, Anthropic's first_id/last_id, follow the entries kept;
+    `page_size` is the query parameter of the page's size."""
+
+    items: str = "data"
+    name: str = "id"
+    prefix: str = ""
+    cursors: bool = False
+    page_size: str = ""
+
+    def routes(self, list_path, get_path=None):
+        """The listing's routes (GET, free): the list, and the retrieve of one
+        model where the provider has it (`get_path` with a `(?P<model>…)` group)."""
+        routes = [Route(list_path, "models.list", methods=("GET",), body="raw", free=True, models="list",
+                        answer=self.answer, prepare=self.prepare)]
+        if get_path is not None:
+            routes.append(Route(get_path, "models.retrieve", methods=("GET",), body="raw", free=True, models="get"))
+        return routes
+
+    def prepare(self, exchange, body):
+        if exchange.model_allowed is not None and self.page_size:
+            query = [(k, v) for k, v in parse_qsl(exchange.query, keep_blank_values=True) if k != self.page_size]
+            exchange.query = urlencode(query + [(self.page_size, str(LISTING_PAGE_MAX))])
+        return body
+
+    def answer(self, exchange, answer, usage, credits):
+        allowed = exchange.model_allowed
+        entries = answer.get(self.items)
+        if allowed is None or not isinstance(entries, list):
+            return None
+        kept = [e for e in entries if isinstance(e, dict) and allowed(self.model_of(e))]
+        answer[self.items] = kept
+        if self.cursors:
+            answer["first_id"] = kept[0].get(self.name) if kept else None
+            answer["last_id"] = kept[-1].get(self.name) if kept else None
+        return answer
+
+    def model_of(self, entry):
+        name = entry.get(self.name)
+        return name.removeprefix(self.prefix) if isinstance(name, str) else ""
 
 
 def range_problem(name, value, low, high):

@@ -13,7 +13,7 @@ not a model call.
 
 from ..prices import table
 from .base import Route
-from .openai import OpenAICompatible, chat_completions_route
+from .openai import OpenAICompatible, chat_completions_route, model_routes
 
 
 class Cerebras(OpenAICompatible):
@@ -25,7 +25,8 @@ class Cerebras(OpenAICompatible):
     routes = [
         chat_completions_route(),
         # A warm-up is free, and says so (not an estimate of a model call).
-        Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw", free=True),
+        Route(r"/v1/tcp_warming", "tcp_warming", methods=("GET", "HEAD"), body="raw", free=True, models=""),
+        *model_routes(),
     ]
 
     # Credits per million tokens (1 credit = 1 USD): kylon/prices.json, from

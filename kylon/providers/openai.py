@@ -1,4 +1,4 @@
-"""OpenAI: chat completions, the Responses API and images.
+"""OpenAI: chat completions, the Responses API, images and the model list.
 
 Chat-completion streams report usage only when asked
 (`stream_options.include_usage`); Kylon always asks, and keeps the extra usage
@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from ..billing import Usage
 from ..prices import table
-from .base import MAX_COPIES, MAX_TOKENS, Provider, Route, error_message, integer, json_or_none, member
+from .base import MAX_COPIES, MAX_TOKENS, ModelListing, Provider, Route, error_message, integer, json_or_none, member
 
 # Chat chunks carry `"usage":null` on every event once usage is requested; only
 # a chunk with a real usage object needs parsing.
@@ -98,6 +98,12 @@ def chat_completions_route():
         on_event=chat_event,
         rewrite=ask_for_stream_usage,
     )
+
+
+def model_routes():
+    """GET /v1/models and /v1/models/{id}, free, filtered by the allow-lists
+    (OpenAI's shape: {"object": "list", "data": [{"id": …}]}; Cerebras too)."""
+    return ModelListing().routes(r"/v1/models", r"/v1/models/(?P<model>[^/]+)")
 
 
 def responses_usage(body):
@@ -199,13 +205,15 @@ def responses_routes():
               lifecycle="refer"),
         Route(r"/v1/responses/compact", "responses.compact", read_usage=responses_usage,
               rewrite=read_responses_request, lifecycle="refer"),
+        # A stored response's own calls name no model: the allow-lists met its create.
         Route(_RESPONSE_ID, "responses.retrieve", methods=("GET",), body="raw", free=True,
-              read_answer=note_response, on_event=responses_event, lifecycle="use"),
-        Route(_RESPONSE_ID, "responses.delete", methods=("DELETE",), body="raw", free=True, lifecycle="delete"),
+              read_answer=note_response, on_event=responses_event, lifecycle="use", models=""),
+        Route(_RESPONSE_ID, "responses.delete", methods=("DELETE",), body="raw", free=True, lifecycle="delete",
+              models=""),
         Route(_RESPONSE_ID + r"/cancel", "responses.cancel", body="raw", free=True, read_answer=note_response,
-              lifecycle="use"),
+              lifecycle="use", models=""),
         Route(_RESPONSE_ID + r"/input_items", "responses.input_items", methods=("GET",), body="raw", free=True,
-              lifecycle="use"),
+              lifecycle="use", models=""),
     ]
 
 
@@ -421,6 +429,7 @@ class OpenAI(OpenAICompatible):
             prepare=read_edit_request,
             hold=image_hold,
         ),
+        *model_routes(),
     ]
 
     # Credits per million tokens (1 credit = 1 USD): kylon/prices.json, from

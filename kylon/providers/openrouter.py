@@ -27,7 +27,7 @@ itself).
 from decimal import Decimal, InvalidOperation
 
 from ..prices import table
-from .base import Route, json_or_none
+from .base import ModelListing, Route, json_or_none
 from .openai import OpenAICompatible, chat_event, chat_usage
 
 TITLE_HEADERS = ("X-OpenRouter-Title", "X-Title")
@@ -85,6 +85,8 @@ class OpenRouter(OpenAICompatible):
 
     routes = [
         Route(r"/v1/chat/completions", "chat.completions", read_usage=openrouter_usage, on_event=openrouter_event),
+        # The model list (OpenRouter has no retrieve of one model), filtered by the allow-lists.
+        *ModelListing().routes(r"/v1/models"),
     ]
 
     # Credits per million tokens, used only when OpenRouter reports no cost:

@@ -173,10 +173,52 @@ class CountTokens(AnthropicAuth, CountTokensHandler):
     fail = MessagesHandler.fail
 
 
+# GET /v1/models as Anthropic answers it: newest first, paged by limit
+# (default 20), after_id and before_id.
+MODELS = [
+    {"type": "model", "id": model, "display_name": name, "created_at": created}
+    for model, name, created in [
+        ("claude-opus-4-1-20250805", "Claude Opus 4.1", "2025-08-05T00:00:00Z"),
+        ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
+        ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-01T00:00:00Z"),
+        ("claude-sonnet-4-20250514", "Claude Sonnet 4", "2025-05-14T00:00:00Z"),
+        ("claude-3-5-haiku-20241022", "Claude Haiku 3.5", "2024-10-22T00:00:00Z"),
+        ("claude-3-haiku-20240307", "Claude Haiku 3", "2024-03-07T00:00:00Z"),
+    ]
+]
+
+
+class Models(AnthropicAuth, RecordingHandler):
+    fail = MessagesHandler.fail
+
+    def get(self, model=None):
+        if not self.authorized():
+            return
+        if model is not None:
+            found = [m for m in MODELS if m["id"] == model]
+            if not found:
+                return self.fail(404, anthropic_error("not_found_error", f"model: {model}"))
+            return self.finish(found[0])
+        ids = [m["id"] for m in MODELS]
+        limit = int(self.get_query_argument("limit", "20"))
+        after, before = self.get_query_argument("after_id", None), self.get_query_argument("before_id", None)
+        if before is not None:
+            end = ids.index(before)
+            page = MODELS[max(end - limit, 0):end]
+            more = end - limit > 0
+        else:
+            start = ids.index(after) + 1 if after is not None else 0
+            page = MODELS[start:start + limit]
+            more = start + limit < len(MODELS)
+        self.finish({"data": page, "has_more": more, "first_id": page[0]["id"] if page else None,
+                     "last_id": page[-1]["id"] if page else None})
+
+
 class FakeAnthropic(FakeServer):
     def __init__(self, api_key="sk-ant-operator-anthropic-secret"):
         self.api_key = api_key
-        super().__init__([(r"/v1/messages", Messages), (r"/v1/messages/count_tokens", CountTokens)])
+        super().__init__([(r"/v1/messages", Messages), (r"/v1/messages/count_tokens", CountTokens),
+                          (r"/v1/models", Models), (r"/v1/models/([^/]+)", Models)])
 
     def kylon_env(self):
         return {"ANTHROPIC_API_KEY": self.api_key, "KYLON_ANTHROPIC_BASE_URL": self.url}

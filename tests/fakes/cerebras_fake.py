@@ -109,10 +109,28 @@ class ChatCompletions(CerebrasHandler):
         return True
 
 
+# GET /v1/models as Cerebras answers it (OpenAI's shape).
+MODELS = [{"id": model, "object": "model", "created": 0, "owned_by": owner}
+          for model, owner in [("llama3.1-8b", "Meta"), ("llama-3.3-70b", "Meta"), ("qwen-3-32b", "Qwen"),
+                               ("gpt-oss-120b", "OpenAI")]]
+
+
+class Models(CerebrasHandler):
+    def get(self, model=None):
+        if model is None:
+            return self.finish({"object": "list", "data": MODELS})
+        found = [m for m in MODELS if m["id"] == model]
+        if not found:
+            self.set_status(404)
+            return self.finish(error(f"Model {model} does not exist.", "not_found_error", "model_not_found", "model"))
+        self.finish(found[0])
+
+
 class FakeCerebras(FakeServer):
     def __init__(self, api_key="csk-operator-cerebras-secret"):
         self.api_key = api_key
-        super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/tcp_warming", TcpWarming)])
+        super().__init__([(r"/v1/chat/completions", ChatCompletions), (r"/v1/tcp_warming", TcpWarming),
+                          (r"/v1/models", Models), (r"/v1/models/([^/]+)", Models)])
 
     def kylon_env(self):
         return {"CEREBRAS_API_KEY": self.api_key, "KYLON_CEREBRAS_BASE_URL": self.url}

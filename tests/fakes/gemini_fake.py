@@ -85,12 +85,38 @@ class GeminiHandler(RecordingHandler):
         return True
 
 
+# GET /v1beta/models as Google answers it: paged by pageSize (default 50) and
+# pageToken, nextPageToken while more remain.
+MODELS = [
+    {"name": f"models/{model}", "version": "001", "displayName": model, "inputTokenLimit": 1048576,
+     "supportedGenerationMethods": methods}
+    for model, methods in [
+        ("gemini-2.5-flash", ["generateContent", "countTokens"]),
+        ("gemini-2.5-pro", ["generateContent", "countTokens"]),
+        ("gemini-2.5-flash-lite", ["generateContent", "countTokens"]),
+        ("gemini-2.0-flash", ["generateContent", "countTokens"]),
+        ("gemini-embedding-001", ["embedContent"]),
+        ("imagen-4.0-generate-001", ["predict"]),
+    ]
+]
+
+
 class Models(GeminiHandler):
-    def get(self, version):
+    def get(self, version, model=None):
         if not self.check_auth():
             return
-        self.finish({"models": [{"name": "models/gemini-2.5-flash", "displayName": "Gemini 2.5 Flash",
-                                 "supportedGenerationMethods": ["generateContent", "countTokens"]}]})
+        if model is not None:
+            found = [m for m in MODELS if m["name"] == f"models/{model}"]
+            if not found:
+                return self.error(404, google_error(404, "NOT_FOUND", f"models/{model} is not found for API version "
+                                                                      f"{version}."))
+            return self.finish(found[0])
+        size = int(self.get_query_argument("pageSize", "50"))
+        start = int(self.get_query_argument("pageToken", "0") or 0)
+        answer = {"models": MODELS[start:start + size]}
+        if start + size < len(MODELS):
+            answer["nextPageToken"] = str(start + size)
+        self.finish(answer)
 
 
 class ModelCall(GeminiHandler):
@@ -249,6 +275,7 @@ class FakeGemini(FakeServer):
         super().__init__(
             [
                 (r"/(v1|v1beta)/models", Models),
+                (r"/(v1|v1beta)/models/([^/:]+)", Models),
                 (r"/(v1|v1beta)/models/([^/:]+):(\w+)", ModelCall),
                 (r"/upload/(v1|v1beta)/files", UploadStart),
                 (r"/(v1|v1beta)/files", Files),

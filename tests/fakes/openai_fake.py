@@ -32,6 +32,8 @@ of the Content-Type is the body's own, every part well formed; or JSON with
 image input 500 for edits, output 1056 tokens); DALL-E models answer URLs and no
 usage. Each edit's parsed form is kept in `fake.edits` for the tests.
 
+Models: `GET /v1/models` (the list, OpenAI's shape) and `/v1/models/{id}`.
+
 A test adds usage fields the real API reports only for some calls with an
 `x-fake-usage` header (JSON merged into the usage object; `x-fake-response`
 into the answer, `x-fake-candidate` into Gemini's candidate): see
@@ -579,6 +581,27 @@ class ImageEdits(ImagesHandler):
         return None
 
 
+# GET /v1/models as OpenAI answers it.
+MODELS = [
+    {"id": model, "object": "model", "created": 1715367049 + i, "owned_by": "system"}
+    for i, model in enumerate(["gpt-4o-mini", "gpt-4o", "gpt-5", "gpt-5-mini", "o3", "dall-e-3", "gpt-image-1"])
+]
+
+
+class Models(OpenAIHandler):
+    def get(self, model=None):
+        if not self.check_auth():
+            return
+        if model is None:
+            return self.finish({"object": "list", "data": MODELS})
+        found = [m for m in MODELS if m["id"] == model]
+        if not found:
+            self.set_status(404)
+            return self.finish(openai_error(404, f"The model '{model}' does not exist or you do not have access "
+                                                 "to it.", "invalid_request_error", "model_not_found"))
+        self.finish(found[0])
+
+
 class FakeOpenAI(FakeServer):
     def __init__(self, api_key="sk-operator-openai-secret"):
         self.api_key = api_key
@@ -592,7 +615,8 @@ class FakeOpenAI(FakeServer):
                           (r"/v1/responses/([^/]+)/cancel", ResponseCancel),
                           (r"/v1/responses/([^/]+)/input_items", ResponseInputItems),
                           (r"/v1/responses/([^/]+)", ResponseById),
-                          (r"/v1/images/generations", ImageGenerations), (r"/v1/images/edits", ImageEdits)])
+                          (r"/v1/images/generations", ImageGenerations), (r"/v1/images/edits", ImageEdits),
+                          (r"/v1/models", Models), (r"/v1/models/([^/]+)", Models)])
 
     def complete(self, response_id):
         """A held background response completes now."""

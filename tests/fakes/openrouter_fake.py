@@ -126,10 +126,26 @@ class ChatCompletions(RecordingHandler):
         return True
 
 
+# GET /api/v1/models as OpenRouter answers it: {"data": [...]}, no paging.
+MODELS = [
+    {"id": model, "canonical_slug": model, "name": name, "context_length": 131072,
+     "pricing": {"prompt": "0.0000006", "completion": "0.0000025"}}
+    for model, name in [("moonshotai/kimi-k2", "MoonshotAI: Kimi K2"), ("moonshotai/kimi-k2:free", "Kimi K2 (free)"),
+                        ("openai/gpt-4o-mini", "OpenAI: GPT-4o-mini"), ("anthropic/claude-sonnet-4.5", "Claude Sonnet 4.5"),
+                        ("meta-llama/llama-3.3-70b-instruct", "Llama 3.3 70B")]
+]
+
+
+class Models(RecordingHandler):
+    def get(self):
+        # OpenRouter lists its models to anyone; Kylon sends the operator's key anyway.
+        self.finish({"data": MODELS})
+
+
 class FakeOpenRouter(FakeServer):
     def __init__(self, api_key="sk-or-v1-operator-openrouter-secret"):
         self.api_key = api_key
-        super().__init__([(r"/api/v1/chat/completions", ChatCompletions)])
+        super().__init__([(r"/api/v1/chat/completions", ChatCompletions), (r"/api/v1/models", Models)])
 
     def kylon_env(self):
         # The operator names its app; tests/test_openrouter.py also runs a Kylon without.

@@ -6,8 +6,9 @@ the operator's key goes in `x-goog-api-key`. The model is named in the URL
 (`/v1beta/models/{model}:generateContent`), not in the body. Streams
 (`:streamGenerateContent?alt=sse`) are data-only SSE with no end marker; the
 last chunk carries the complete `usageMetadata`. `:countTokens`, file
-uploads and calls that name no model and send no body cost nothing; other
-pass-through calls with a body are estimated like any call without figures.
+uploads, model listings and calls that name no model and send no body cost
+nothing; other pass-through calls with a body are estimated like any call
+without figures.
 
 This package: resumable uploads (`/upload/…`) in uploads.py, Kylon's
 helpers in helpers.py (the understanding routes) and upload_urls.py.
@@ -19,7 +20,7 @@ from urllib.parse import unquote
 from ...billing import Usage
 from ...gates import CREDENTIALS, UNMETERED
 from ...prices import table
-from ..base import MAX_COPIES, MAX_TOKENS, Provider, Route, integer, json_or_none, member, range_problem
+from ..base import MAX_COPIES, MAX_TOKENS, ModelListing, Provider, Route, integer, json_or_none, member, range_problem
 from . import helpers
 
 _VERSION = r"/v1(?:beta|alpha)?"
@@ -166,9 +167,12 @@ class Gemini(Provider):
         ),
         Route(_VERSION + r"/models/[^/:]+:countTokens", "countTokens", free=True),
         # Resumable file uploads: the start (JSON metadata) and the byte chunks.
-        Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw", free=True),
+        Route(r"/upload" + _VERSION + r"/files", "files.upload", body="raw", free=True, models=""),
         # Kylon's own helpers (the understanding routes are added per instance, below).
-        Route(r"/files/upload-urls", "files.upload-urls", rewrite=helpers.check_upload_urls_request),
+        Route(r"/files/upload-urls", "files.upload-urls", rewrite=helpers.check_upload_urls_request, models=""),
+        # models.list (filtered by the allow-lists) and models.get.
+        *ModelListing(items="models", name="name", prefix="models/", page_size="pageSize").routes(
+            _VERSION + r"/models", _VERSION + r"/models/(?P<model>[^/:]+)"),
     ]
 
     # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
@@ -210,6 +214,11 @@ class Gemini(Provider):
         self.direct_upload_urls = (env.get("KYLON_GEMINI_DIRECT_UPLOAD_URLS") or "").lower() in ("1", "true", "yes")
         # The model of the understanding helpers when the request names none.
         self.helper_model = env.get("KYLON_GEMINI_HELPER_MODEL") or "gemini-2.5-flash"
+
+    def path_model(self, route, path):
+        # `models/{model}:{method}` on any route, pass-through ones included.
+        found = MODEL_CALL.search(path)
+        return unquote(found.group(1)) if found else super().path_model(route, path)
 
     def client_key(self, request):
         key = super().client_key(request)
