@@ -342,3 +342,18 @@ def test_two_processes_polling_one_response_charge_it_once(make_kylon, fake_open
     assert len(records(second, agent["id"], "responses.background")) == 1
     assert Decimal(charge["credits"]) == GPT_4O_MINI_CALL
     assert first.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL
+
+
+def test_a_stored_response_is_retrieved_cancelled_and_listed_under_an_allow_list(bg_kylon, fake_openai):
+    """A key limited to some models reaches its own stored response's calls,
+    which name no model: the allow-list met the create."""
+    agent = bg_kylon.create_agent("100")
+    key = bg_kylon.create_key(agent["id"], allowed_models=["gpt-4o-mini*"])["key"]
+    CREATED_SECRETS.add(key)
+    client = openai.OpenAI(base_url=bg_kylon.url + "/proxy/openai/v1", api_key=key, max_retries=0)
+    created = client.responses.create(model="gpt-4o-mini", input="Hi", background=True, metadata=HELD)
+    assert client.responses.retrieve(created.id).id == created.id
+    assert client.responses.input_items.list(created.id).data is not None
+    assert client.responses.cancel(created.id).status == "cancelled"
+    with pytest.raises(openai.PermissionDeniedError):
+        client.responses.create(model="gpt-4o", input="Hi")
