@@ -326,8 +326,15 @@ def test_a_restarted_kylon_still_charges_a_pending_response_once(how, make_kylon
     assert k.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL
 
 
-def test_two_processes_polling_one_response_charge_it_once(make_kylon, fake_openai, tmp_path_factory):
-    url = scratch_database_url("sqlite", tmp_path_factory)
+@pytest.fixture(params=["sqlite", "mariadb"])
+def shared_database(request, tmp_path_factory):
+    url = scratch_database_url(request.param, tmp_path_factory)
+    yield url
+    drop_database(url)
+
+
+def test_two_processes_polling_one_response_charge_it_once(shared_database, make_kylon, fake_openai):
+    url = shared_database
     env = {"KYLON_BACKGROUND_POLL_SECONDS": "0.1"}
     first, second = make_kylon(env, database_url=url), make_kylon(env, database_url=url)
     agent, client = new_agent(first)
