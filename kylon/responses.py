@@ -56,6 +56,7 @@ CACHE_MAX = 100_000
 # Kylon's own polls: the longest wait between two, and how many run at once.
 MAX_POLL_INTERVAL = 60.0
 MAX_POLLS_AT_ONCE = 16
+POLL_USER_AGENT = "kylon-background-poll"
 # Bindings are kept this long (OpenAI stores a response for 30 days).
 KEEP_DAYS = 31
 
@@ -315,7 +316,7 @@ class ResponseBindings:
         outcome = "error"
         try:
             url = f"{self.provider.base_url}{self.provider.upstream_prefix}/v1/responses/{binding.response_id}"
-            answer = await AsyncHTTPClient().fetch(url, headers=self.provider.auth_headers(), raise_error=False,
+            answer = await AsyncHTTPClient().fetch(url, headers=self.poll_headers(), raise_error=False,
                                                    connect_timeout=10, request_timeout=60)
             body = json_or_none(answer.body or b"") if answer.code == 200 else None
             status = body.get("status") if body is not None else None
@@ -340,6 +341,9 @@ class ResponseBindings:
         else:
             interval = min(self.poll_seconds * 2 ** min(binding.polls, 20), MAX_POLL_INTERVAL)
             binding.next_poll = time.monotonic() + interval
+
+    def poll_headers(self):
+        return {**self.provider.auth_headers(), "User-Agent": POLL_USER_AGENT}
 
     async def load_pending(self):
         """The pending background responses in the table (a restart's, or
