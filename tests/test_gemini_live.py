@@ -9,15 +9,18 @@ out of credits closed with 4402; either side's close reaching the other
 within a second; a shutdown recording the sessions still open."""
 
 import asyncio
+import signal
 import subprocess
 import time
 from decimal import Decimal
 
+import httpx
 import pytest
 import websockets
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import CREATED_SECRETS, drop_database, scratch_database_url
 from .fakes import gemini_fake as fake_wire
@@ -297,3 +300,104 @@ def test_shutdown_records_open_sessions(make_kylon, fake_gemini, tls_files):
     assert record["status"] == "interrupted" and record["error"] == "shutdown"
     assert record["input_tokens"] == fake_wire.LIVE_PROMPT_TOKENS
     assert fake_gemini.live_sessions[0].closed_at is not None
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_a_slow_client_holds_the_upstream_back(kylon, fake_gemini):
+    """The client stops reading: Kylon stops reading the upstream, whose
+    writes wait; nothing piles up in Kylon. Then every frame arrives."""
+    agent, key = new_agent(kylon)
+    ssl_context = genai.Client(api_key="x")._api_client._websocket_ssl_ctx["ssl"]
+    url = kylon.url.replace("https://", "wss://") + \
+        "/proxy/gemini/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    before = rss_bytes(kylon.proc.pid)
+    total = fake_wire.FLOOD_FRAMES * fake_wire.FLOOD_BYTES
+
+    async def talk():
+        async with websockets.connect(url, additional_headers={"x-goog-api-key": key}, ssl=ssl_context,
+                                      max_queue=2, max_size=None) as ws:
+            await ws.send('{"setup": {"model": "models/%s"}}' % MODEL)
+            assert b"setupComplete" in await ws.recv()
+            await ws.send('{"clientContent": {"turns": [{"role": "user", "parts": [{"text": "flood"}]}], '
+                          '"turnComplete": true}}')
+            await asyncio.sleep(1.5)  # not reading
+            sent_while_paused = fake_gemini.live_sessions[0].frames_sent
+            grown = rss_bytes(kylon.proc.pid) - before
+            received = 0
+            while received < fake_wire.FLOOD_FRAMES:
+                await ws.recv()
+                received += 1
+            return sent_while_paused, grown
+
+    sent_while_paused, grown = asyncio.run(talk())
+    # The socket buffers on the way hold some tens of megabytes at most, not the 100 sent.
+    assert sent_while_paused < fake_wire.FLOOD_FRAMES / 2
+    assert grown < total / 4
+    record = only_record(kylon, agent)
+    assert record["upstream_frames"] == 1 + fake_wire.FLOOD_FRAMES
+
+
+def test_sigkill_mid_session_loses_at_most_a_second(make_kylon, fake_gemini, tls_files):
+    """Killed with a session open: at the next start the journal records it
+    interrupted, billed for the turns it had (checkpointed each second)."""
+    k = make_kylon(tls_files)
+    agent, key = new_agent(k)
+
+    async def talk():
+        async with client(k, key).aio.live.connect(model=MODEL, config=TEXT) as session:
+            await turn(session, "Say hi")
+            await asyncio.sleep(1.5)  # a checkpoint of the journal
+            k.stop(signal.SIGKILL)
+            try:
+                await turn(session, "hang")
+            except genai_errors.APIError:
+                pass
+
+    asyncio.run(talk())
+    assert k.proc.returncode == -signal.SIGKILL
+    k.start()
+    record = only_record(k, agent)
+    credits = (fake_wire.LIVE_PROMPT_TOKENS * INPUT + fake_wire.LIVE_RESPONSE_TOKENS * OUTPUT) / MILLION
+    assert record["status"] == "interrupted" and record["route"] == "live" and record["model"] == MODEL
+    assert record["input_tokens"] == fake_wire.LIVE_PROMPT_TOKENS
+    assert record["output_tokens"] == fake_wire.LIVE_RESPONSE_TOKENS and Decimal(record["credits"]) == credits
+    assert wait_for(lambda: k.balance(agent["id"]) == Decimal(10) - credits)
+
+
+def test_metrics_count_sessions_and_frames(kylon, fake_gemini):
+    agent, key = new_agent(kylon)
+
+    def scrape():
+        text = httpx.get(kylon.url + "/metrics", timeout=10, verify=kylon.verify).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        return families
+
+    async def talk():
+        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT) as session:
+            await turn(session, "Say hi")
+            return await asyncio.get_running_loop().run_in_executor(None, scrape)
+
+    def value(families, family, sample, **labels):
+        for s in families[family].samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+        return 0
+
+    before = scrape()
+    during = asyncio.run(talk())
+    only_record(kylon, agent)
+    after = scrape()
+    open_sessions = ("kylon_open_websockets", "kylon_open_websockets")
+    assert value(during, *open_sessions, provider="gemini") == value(before, *open_sessions, provider="gemini") + 1
+    assert value(after, *open_sessions, provider="gemini") == value(before, *open_sessions, provider="gemini")
+    frames = ("kylon_websocket_frames", "kylon_websocket_frames_total")
+    for direction, count in (("client", 2), ("upstream", 7)):
+        labels = {"provider": "gemini", "route": "live", "direction": direction}
+        assert value(after, *frames, **labels) == value(before, *frames, **labels) + count

@@ -142,6 +142,8 @@ class SocketHandler(RecordedCall, tornado.websocket.WebSocketHandler, BaseHandle
     async def start_upstream(self):
         """Admit the session at its model's price, journal it and connect
         upstream; False when the session ended instead."""
+        if self.closing:
+            return False
         services, provider, exchange = self.services, self.provider, self.exchange
         # The model is known now (the URL's, or the client's first message's):
         # the admission that depends on it joins here.

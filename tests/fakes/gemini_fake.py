@@ -24,7 +24,9 @@ usageMetadata (prompt LIVE_PROMPT_TOKENS × the turn's number, as the
 conversation grows; response LIVE_RESPONSE_TOKENS, or LIVE_AUDIO_TOKENS of
 AUDIO). All server messages are binary frames of JSON, as Google's are. A
 turn whose text says "expensive" has a prompt of EXPENSIVE_PROMPT_TOKENS;
-one that says "hang" is never answered. Each session is kept in
+one that says "hang" is never answered; "flood" is answered with FLOOD_FRAMES
+frames of FLOOD_BYTES, each sent once the last is in the socket (Tornado's
+write future), as fast as the reader takes them. Each session is kept in
 `live_sessions` (LiveSession); `close_live()` closes them from the server side.
 
 A test adds usage fields the real API reports only for some calls with an
@@ -264,6 +266,8 @@ EXPENSIVE_PROMPT_TOKENS = 100_000
 LIVE_WORDS = ["Hello", " from", " Gemini", " Live!"]
 AUDIO_CHUNK = bytes(range(256)) * 2  # 512 bytes of "PCM" per part
 AUDIO_PARTS = 3
+FLOOD_FRAMES = 400
+FLOOD_BYTES = 256 * 1024
 
 
 @dataclass
@@ -316,6 +320,11 @@ class Live(tornado.websocket.WebSocketHandler):
 
     async def answer(self, text, audio_in=False):
         if "hang" in text:
+            return
+        if "flood" in text:
+            part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "A" * FLOOD_BYTES}}
+            for _ in range(FLOOD_FRAMES):
+                await self.send({"serverContent": {"modelTurn": {"parts": [part]}}})
             return
         self.turns += 1
         prompt = EXPENSIVE_PROMPT_TOKENS if "expensive" in text else LIVE_PROMPT_TOKENS * self.turns
