@@ -53,6 +53,10 @@ class Settings:
     # background_max_seconds.
     background_poll_seconds: float = 2.0
     background_max_seconds: float = 24 * 3600.0
+    # Serve HTTPS (and wss://) with this certificate chain and key, both PEM
+    # files: google-genai's Live API always connects with wss://.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # The asyncio loop under Tornado: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
     env: dict = field(default_factory=dict)
@@ -80,6 +84,8 @@ class Settings:
             xheaders=(env.get("KYLON_TRUST_PROXY_HEADERS", "").lower() in ("1", "true", "yes")),
             background_poll_seconds=_float(env, "KYLON_BACKGROUND_POLL_SECONDS", 2),
             background_max_seconds=_float(env, "KYLON_BACKGROUND_MAX_SECONDS", 24 * 3600),
+            tls_cert_file=env.get("KYLON_TLS_CERT_FILE") or "",
+            tls_key_file=env.get("KYLON_TLS_KEY_FILE") or "",
             event_loop=(env.get("KYLON_EVENT_LOOP") or "uvloop").lower(),
             env=env,
         )

@@ -77,7 +77,12 @@ def _v4_controls(migrator):
     _add_columns(migrator, ApiKey, limits + ("credit_limit", "limit_reset"))
 
 
-STEPS = {2: _v2_upstream_request_id, 3: _v3_console, 4: _v4_controls}
+def _v5_frames(migrator):
+    # WebSocket sessions count their messages each way (kylon/handlers/sockets.py).
+    _add_columns(migrator, UsageRecord, ("client_frames", "upstream_frames"))
+
+
+STEPS = {2: _v2_upstream_request_id, 3: _v3_console, 4: _v4_controls, 5: _v5_frames}
 SCHEMA_VERSION = max(STEPS)
 
 
@@ -104,7 +109,7 @@ def upgrade(db, all_models):
         done = []
         if version is not None and version < SCHEMA_VERSION:
             migrator = MySQLMigrator(db) if mysql else SqliteMigrator(db)
-            for step in range(version + 1, SCHEMA_VERSION + 1):
+            for step in sorted(s for s in STEPS if s > version):
                 log.info("upgrading the database schema to version %d", step)
                 with db.atomic():
                     STEPS[step](migrator)

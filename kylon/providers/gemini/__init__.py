@@ -11,7 +11,8 @@ nothing; other pass-through calls with a body are estimated like any call
 without figures.
 
 This package: resumable uploads (`/upload/…`) in uploads.py, Kylon's
-helpers in helpers.py (the understanding routes) and upload_urls.py.
+helpers in helpers.py (the understanding routes) and upload_urls.py, the
+Live API (a WebSocket) in live.py.
 """
 
 import re
@@ -21,7 +22,7 @@ from ...billing import Usage
 from ...gates import CREDENTIALS, UNMETERED
 from ...prices import table
 from ..base import MAX_COPIES, MAX_TOKENS, ModelListing, Provider, Route, integer, json_or_none, member, range_problem
-from . import helpers
+from . import helpers, live
 
 _VERSION = r"/v1(?:beta|alpha)?"
 # `models/{model}:{method}` anywhere in a path (tunedModels are another kind).
@@ -174,6 +175,9 @@ class Gemini(Provider):
         *ModelListing(items="models", name="name", prefix="models/", page_size="pageSize").routes(
             _VERSION + r"/models", _VERSION + r"/models/(?P<model>[^/:]+)"),
     ]
+
+    # The Live API (client.aio.live.connect), relayed frame by frame.
+    socket_routes = live.ROUTES
 
     # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
     # prices: kylon/prices.json, from genai-prices (tiers above 200k prompt
