@@ -27,13 +27,24 @@ def entry_dict(row):
     }
 
 
-def list_entries(subject=None, subject_id=None, limit=100, before_id=None):
+def list_entries(subject=None, subject_id=None, limit=100, before_id=None, actor=None):
     """The newest entries first; `before_id` pages on."""
     query = AuditEntry.select().order_by(AuditEntry.id.desc()).limit(limit)
     if subject:
         query = query.where(AuditEntry.subject == subject)
     if subject_id:
         query = query.where(AuditEntry.subject_id == str(subject_id))
+    if actor:
+        query = query.where(AuditEntry.actor == actor)
     if before_id:
         query = query.where(AuditEntry.id < before_id)
+    return [entry_dict(r) for r in query]
+
+
+def agent_trail(agent_id, key_ids, limit=20):
+    """The newest entries about an agent and about its keys, in one query."""
+    about = (AuditEntry.subject == "agent") & (AuditEntry.subject_id == str(agent_id))
+    if key_ids:
+        about |= (AuditEntry.subject == "key") & AuditEntry.subject_id.in_([str(k) for k in key_ids])
+    query = AuditEntry.select().where(about).order_by(AuditEntry.id.desc()).limit(limit)
     return [entry_dict(r) for r in query]
