@@ -118,7 +118,7 @@ def create_agent(name, skills=(), credits=0, actor="admin"):
         if credits:
             CreditLedger.create(agent=agent, amount=credits, balance_after=credits, note="initial credits", actor=actor)
         shown = agent_dict(agent, skills)
-        audit.record(actor, "agent.create", "agent", agent.id, audit.changes({}, shown))
+        audit.record(actor, "agent.create", "agent", agent.id, audit.created(shown))
     return shown
 
 
@@ -241,7 +241,7 @@ def create_key(agent_id, name="", expires_at=None, control_fields=None, actor="a
             **values,
         )
         shown = key_dict(row)
-        audit.record(actor, "key.create", "key", row.id, audit.changes({}, shown))
+        audit.record(actor, "key.create", "key", row.id, audit.created(shown))
     return {**shown, "key": key}
 
 

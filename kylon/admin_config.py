@@ -27,7 +27,7 @@ def _price_fields(row):
     the nano-credit (the two databases give back decimals of different lengths)."""
     if row is None:
         return {}
-    return {f: None if getattr(row, f) is None else str(Decimal(getattr(row, f)).quantize(NANO_QUANTUM))
+    return {f: None if getattr(row, f) is None else f"{Decimal(getattr(row, f)).quantize(NANO_QUANTUM):f}"
             for f in PRICE_FIELDS}
 
 

@@ -12,6 +12,13 @@ def changes(before, after):
     return {name: [before.get(name), value] for name, value in after.items() if before.get(name) != value}
 
 
+def created(shown):
+    """The changes of a creation: each field given a value, from nothing (the
+    id is the entry's subject id, the creation time its own time)."""
+    return {name: [None, value] for name, value in shown.items()
+            if value not in (None, "", []) and name not in ("id", "created_at")}
+
+
 def record(actor, action, subject, subject_id="", change=None):
     AuditEntry.create(
         actor=(actor or "admin")[:100], action=action, subject=subject, subject_id=str(subject_id)[:200],

@@ -31,6 +31,7 @@ def test_agent_creation_and_credits_are_audited(kylon):
     assert created["action"] == "agent.create" and created["actor"] == "admin api"
     assert created["changes"]["name"] == [None, agent["name"]]
     assert created["changes"]["credits"] == [None, agent["credits"]]
+    assert set(created["changes"]) == {"name", "credits"}  # only what was given a value
     assert top_up["action"] == "credits.adjust"
     assert top_up["changes"] == {"credits": ["10.000000000", "12.500000000"], "note": [None, "top-up"]}
     assert adjust["changes"] == {"credits": ["12.500000000", "11.500000000"]}
@@ -44,6 +45,8 @@ def test_revoking_a_key_is_audited_once(kylon):
         assert kylon.admin("DELETE", f"/keys/{key['id']}").status_code == 200
     revoked, created = entries(kylon, subject="key", subject_id=key["id"])
     assert created["action"] == "key.create" and revoked["action"] == "key.revoke"
+    assert created["changes"] == {"agent_id": [None, agent["id"]], "name": [None, "to revoke"],
+                                  "prefix": [None, key["prefix"]], "limit_reset": [None, "none"]}
     before, after = revoked["changes"]["revoked_at"]
     assert before is None and after == kylon.admin("GET", f"/keys/{key['id']}").json()["revoked_at"]
 
@@ -51,7 +54,7 @@ def test_revoking_a_key_is_audited_once(kylon):
 def test_price_overrides_are_audited(kylon):
     model = f"audited-model-{uuid.uuid4().hex[:6]}"
     subject = {"subject": "price", "subject_id": f"openai/{model}"}
-    price = {"provider": "openai", "model": model, "input": "2", "output": "4"}
+    price = {"provider": "openai", "model": model, "input": "2", "output": "4", "per_unit": "0"}
     assert kylon.admin("PUT", "/prices", json=price).status_code == 200
     assert kylon.admin("PUT", "/prices", json=price).status_code == 200  # the same: no entry
     assert kylon.admin("PUT", "/prices", json={**price, "output": "5.5"}).status_code == 200
@@ -59,10 +62,12 @@ def test_price_overrides_are_audited(kylon):
     assert kylon.admin("DELETE", "/prices", params={"provider": "openai", "model": model}).status_code == 204
     deleted, changed, created = entries(kylon, **subject)
     assert created["action"] == "price.set"
-    assert created["changes"] == {"input": [None, "2.000000000"], "output": [None, "4.000000000"]}
+    assert created["changes"] == {"input": [None, "2.000000000"], "output": [None, "4.000000000"],
+                                  "per_unit": [None, "0.000000000"]}
     assert changed["changes"] == {"output": ["4.000000000", "5.500000000"]}
     assert deleted["action"] == "price.delete"
-    assert deleted["changes"] == {"input": ["2.000000000", None], "output": ["5.500000000", None]}
+    assert deleted["changes"] == {"input": ["2.000000000", None], "output": ["5.500000000", None],
+                                  "per_unit": ["0.000000000", None]}
 
 
 def test_gates_are_audited_with_the_callers_label(kylon):
