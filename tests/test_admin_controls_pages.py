@@ -118,7 +118,7 @@ def test_key_limits_at_creation_and_from_its_edit_page(page, kylon):
     row.locator("a.edit").click()
     expect(page).to_have_url(f"{kylon.url}/admin/keys/{key_id}")
     edit = page.locator("#edit-key")
-    expect(edit.locator("input[name=credit_limit]")).to_have_value("2.500000000")
+    expect(edit.locator("input[name=credit_limit]")).to_have_value("2.5")
     expect(edit.locator("select[name=limit_reset]")).to_have_value("daily")
     edit.locator("input[name=name]").fill("capped monthly")
     edit.locator("input[name=expires_at]").fill("2999-01-31 23:59")

@@ -83,6 +83,11 @@ def format_change(value):
     return str(value)
 
 
+def plain_decimal(value):
+    """A decimal as a form field takes it back: exact, no tail of zeros ("2.5", "10")."""
+    return f"{Decimal(str(value)).normalize():f}"
+
+
 def form_time(value):
     """A stored time as the forms take it back (YYYY-MM-DD HH:MM, UTC)."""
     return str(value).replace("T", " ")[:16] if value else ""
@@ -100,7 +105,7 @@ def template_environment(template_path):
     )
     env.filters.update(
         when=format_time, credits=format_credits, number=format_number, money=format_money, percent=format_percent,
-        change=format_change, form_time=form_time,
+        change=format_change, form_time=form_time, plain=plain_decimal,
     )
     for name in env.list_templates(extensions=["html"]):
         env.get_template(name)
