@@ -5,8 +5,9 @@ loads), on SQLite and on MariaDB.
     python bench/admin_pages.py                      # 1,000,000 records, both databases
     python bench/admin_pages.py --records 100000 --db sqlite
 
-The records are spread over the last 30 days, across 40 agents, 80 keys and 16
-models of 4 providers, one in ten failed. The rollups are built the way an
+The records are spread over the last 30 days, across 40 agents, 80 keys (every
+other one with a monthly credit limit) and 16 models of 4 providers, one in
+ten failed. The rollups are built the way an
 upgraded database gets them (kylon.rollups.rebuild, timed too).
 """
 
@@ -56,6 +57,9 @@ PAGES = [
     "/admin/usage?group=model",
     "/admin/usage?agent_id=1",
     "/admin/pricing",
+    "/admin/top?range=30d",
+    "/admin/keys/1",
+    "/admin/audit",
 ]
 
 
@@ -103,7 +107,10 @@ def fill(url, count):
         keys = []
         for i in range(80):
             agent = agents[i % len(agents)]
-            key = ApiKey.create(agent=agent, name=f"key {i}", prefix=f"pak_bench{i:03d}", key_hash=uuid.uuid4().hex)
+            # Every other key with a monthly credit limit (the agents list and the keys table read its period's spend).
+            limit = {"credit_limit": "25", "limit_reset": "monthly"} if i % 2 else {}
+            key = ApiKey.create(agent=agent, name=f"key {i}", prefix=f"pak_bench{i:03d}", key_hash=uuid.uuid4().hex,
+                                **limit)
             keys.append((key.id, agent.id))
         insert = f"INSERT INTO usagerecord ({', '.join(COLUMNS)}) VALUES ({', '.join([database.param] * len(COLUMNS))})"
         started = time.monotonic()

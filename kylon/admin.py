@@ -117,7 +117,9 @@ def create_agent(name, skills=(), credits=0, actor="admin"):
             AgentSkill.create(agent=agent, skill=skill)
         if credits:
             CreditLedger.create(agent=agent, amount=credits, balance_after=credits, note="initial credits", actor=actor)
-    return agent_dict(agent, skills)
+        shown = agent_dict(agent, skills)
+        audit.record(actor, "agent.create", "agent", agent.id, audit.created(shown))
+    return shown
 
 
 def check_name_free(name, agent_id=None):
@@ -180,6 +182,12 @@ def adjust_credits(agent_id, amount, note="", actor="admin"):
         Agent.update(credits=Agent.credits + amount).where(Agent.id == agent.id).execute()
         balance = Agent.get_by_id(agent.id).credits
         CreditLedger.create(agent=agent.id, amount=amount, balance_after=balance, note=note[:500], actor=actor)
+        # The balance before is the one the update added to (read back in the
+        # same transaction), not the possibly stale one read first.
+        change = {"credits": [str(balance - amount), str(balance)]}
+        if note:
+            change["note"] = [None, note[:500]]
+        audit.record(actor, "credits.adjust", "agent", agent.id, change)
     return {"id": agent.id, "credits": str(balance), "amount": str(amount)}
 
 
@@ -233,7 +241,7 @@ def create_key(agent_id, name="", expires_at=None, control_fields=None, actor="a
             **values,
         )
         shown = key_dict(row)
-        audit.record(actor, "key.create", "key", row.id, audit.changes({}, shown))
+        audit.record(actor, "key.create", "key", row.id, audit.created(shown))
     return {**shown, "key": key}
 
 
@@ -290,11 +298,15 @@ def list_keys(agent_id=None):
     return [key_dict(r) for r in query]
 
 
-def revoke_key(key_id):
+def revoke_key(key_id, actor="admin"):
     row = get_key(key_id)
     if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        row.save()
+        with database.atomic():
+            row.revoked_at = utcnow()
+            row.save()
+            # Read back: the time as stored (MariaDB keeps no microseconds).
+            row = ApiKey.get_by_id(row.id)
+            audit.record(actor, "key.revoke", "key", row.id, {"revoked_at": [None, key_dict(row)["revoked_at"]]})
     return key_dict(row), row.key_hash
 
 

@@ -12,9 +12,11 @@ from decimal import Decimal
 import peewee
 from peewee import fn
 
-from .admin import CHART_RANGES, AdminError, parse_time, usage_dict, usage_query, where_ids
+from . import periods
+from .admin import CHART_RANGES, AdminError, key_dict, parse_time, usage_dict, usage_query, where_ids
 from .admin import usage_totals as records_totals
-from .models import Agent, ApiKey, UsageRecord, UsageRollup, from_nano, utcnow
+from .controls import parse_thresholds
+from .models import Agent, ApiKey, CreditLedger, UsageRecord, UsageRollup, from_nano, utcnow
 from .models.rollup import DAY, HOUR, KINDS
 
 # Below this balance an agent is "low"; at or below zero it is "exhausted".
@@ -237,6 +239,116 @@ def agents_summary(now=None):
         entry["active_keys"] = int(active_keys or 0)
         entry["last_used_at"] = None if last_used is None else str(last_used).replace(" ", "T")[:19] + "Z"
     return summary
+
+
+# -- limits: how near agents and keys are to them ----------------------------
+
+# A key is near its credit limit from this share of it spent in its period.
+KEY_NEAR_SHARE = Decimal("0.8")
+# The top-spenders view's ranges ("today": since midnight UTC).
+SPEND_RANGES = ("today", "7d", "30d")
+
+
+def key_periods(keys, now=None):
+    """{key id: its credit-limit period} for the keys (key_dict) that have a
+    credit limit: spent this period, the limit, the share used, when the
+    period resets (None: never), and whether it is near (KEY_NEAR_SHARE)."""
+    now = now or utcnow()
+    limited = [k for k in keys if k["credit_limit"] is not None]
+    spent = periods.key_spend({k["id"]: periods.period_start(k["limit_reset"], now) for k in limited})
+    found = {}
+    for k in limited:
+        limit = Decimal(k["credit_limit"])
+        share = spent[k["id"]] / limit if limit else Decimal(1)
+        resets = periods.next_reset(k["limit_reset"], now)
+        found[k["id"]] = {
+            "spent": str(spent[k["id"]]), "limit": k["credit_limit"], "share": float(share),
+            "reset": k["limit_reset"], "resets_at": None if resets is None else resets.isoformat() + "Z",
+            "near": share >= KEY_NEAR_SHARE,
+        }
+    return found
+
+
+def last_grants():
+    """{agent id: its last grant} (the newest positive ledger row): what an
+    alert threshold of "20%" is a share of."""
+    newest = (CreditLedger.select(fn.MAX(CreditLedger.id)).where(CreditLedger.amount > 0)
+              .group_by(CreditLedger.agent))
+    return {r.agent_id: r.amount for r in CreditLedger.select().where(CreditLedger.id.in_(newest))}
+
+
+def limit_facts(now=None):
+    """What near_limits needs from the database, in three or four queries
+    whatever the number of agents: last grants and the active limited keys'
+    periods."""
+    now = now or utcnow()
+    active = (ApiKey.credit_limit.is_null(False) & ApiKey.revoked_at.is_null()
+              & (ApiKey.expires_at.is_null() | (ApiKey.expires_at > now)))
+    keys = [key_dict(k) for k in ApiKey.select().where(active)]
+    return {"last_grants": last_grants(), "keys": keys, "periods": key_periods(keys, now)}
+
+
+def threshold_amounts(thresholds, last_grant):
+    """An agent's alert thresholds (["20%", "5"]) as amounts of credits; a
+    share needs a last grant to be one."""
+    amounts = []
+    for percent, value in parse_thresholds(",".join(thresholds)):
+        if not percent:
+            amounts.append(value)
+        elif last_grant:
+            amounts.append(Decimal(last_grant) * value / 100)
+    return amounts
+
+
+def near_limits(agents, facts):
+    """{agent id: [why it is near a limit]} for the agents (with their shown
+    balance) near one: the balance at or below one of its alert thresholds
+    or under LOW_BALANCE, or a key at KEY_NEAR_SHARE of its credit limit
+    this period."""
+    near = {}
+    for agent in agents:
+        credits = Decimal(agent["credits"])
+        reasons = []
+        crossed = [t for t in threshold_amounts(agent["alert_thresholds"], facts["last_grants"].get(agent["id"]))
+                   if credits <= t]
+        if crossed:
+            reasons.append(f"balance at or below its alert threshold of {max(crossed).normalize():f}")
+        elif credits < LOW_BALANCE:
+            reasons.append(f"balance under {LOW_BALANCE}")
+        if reasons:
+            near[agent["id"]] = reasons
+    for key in facts["keys"]:
+        period = facts["periods"][key["id"]]
+        if period["near"]:
+            near.setdefault(key["agent_id"], []).append(
+                f"key {key['prefix']}… has used {period['share'] * 100:.0f}% of its credit limit")
+    return near
+
+
+def spend_since(range_name, now=None):
+    """The first day of a top-spenders range."""
+    if range_name not in SPEND_RANGES:
+        raise AdminError(400, "'range' must be one of " + ", ".join(SPEND_RANGES) + ".")
+    now = now or utcnow()
+    return today_start(now) if range_name == "today" else window(range_name, now)[0]
+
+
+def top_spenders(range_name, limit=20, now=None):
+    """The agents and the keys with the most spend over a range, from the
+    daily rollups, with their names (one query each)."""
+    first = spend_since(range_name, now)
+    agents = top(first, DAY + "a", [R.agent_id], limit=limit)
+    keys = top(first, DAY + "k", [R.key_id], limit=limit)
+    labels = {k.id: k for k in ApiKey.select().where(ApiKey.id.in_([r["key_id"] for r in keys]))}
+    agent_ids = {r["agent_id"] for r in agents} | {k.agent_id for k in labels.values()}
+    names = {a.id: a.name for a in Agent.select(Agent.id, Agent.name).where(Agent.id.in_(list(agent_ids)))}
+    for row in agents:
+        row["name"] = names.get(row["agent_id"], f"#{row['agent_id']}")
+    for row in keys:
+        key = labels.get(row["key_id"])
+        row["key"] = key and {"prefix": key.prefix, "name": key.name, "agent_id": key.agent_id,
+                              "agent_name": names.get(key.agent_id, f"#{key.agent_id}")}
+    return {"agents": agents, "keys": keys, "since": since_text(first)}
 
 
 # -- the usage page: totals and groups from the rollups when they can answer --

@@ -21,7 +21,7 @@ DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 SIZES = {"desktop": DESKTOP, "phone": PHONE}
 PAGES = ["/admin", "/admin?range=30d&by=model", "/admin/agents", "/admin/keys", "/admin/usage",
-         "/admin/usage?group=model", "/admin/pricing", "/admin/gates"]
+         "/admin/usage?group=model", "/admin/pricing", "/admin/gates", "/admin/audit", "/admin/top?range=30d"]
 
 
 @pytest.fixture(params=list(SIZES))
@@ -167,11 +167,11 @@ def test_agents_list_figures_search_and_sort(page, kylon, fake_openai):
     expect(rows).to_have_count(1)
     cells = rows.first
     expect(cells).to_contain_text(rich["name"])
-    assert Decimal(cells.locator("td").nth(6).locator(".money").get_attribute("data-exact")) == sum(
+    assert Decimal(cells.locator("td").nth(7).locator(".money").get_attribute("data-exact")) == sum(
         Decimal(r["credits"]) for r in records
     )
-    expect(cells.locator("td").nth(7)).to_have_text("3")
-    expect(cells.locator("td").nth(8)).to_have_text("33.3%")
+    expect(cells.locator("td").nth(8)).to_have_text("3")
+    expect(cells.locator("td").nth(9)).to_have_text("33.3%")
     page.goto(kylon.url + "/admin/agents?sort=balance&dir=asc")
     states = page.locator("#agents tbody tr").evaluate_all("rows => rows.map(r => r.dataset.state)")
     assert states[0] == "exhausted"
@@ -329,7 +329,8 @@ def test_no_table_overflows_a_phone(page, kylon, fake_openai, size):
     story = spend_story(kylon, fake_openai)
     rich, key, ids, records, broke, refused = parts(story)
     log_in(page, kylon)
-    paths = PAGES + [f"/admin/agents/{rich['id']}", f"/admin/usage/{ids[0]}", f"/admin/usage?group=key&agent_id={rich['id']}"]
+    paths = PAGES + [f"/admin/agents/{rich['id']}", f"/admin/usage/{ids[0]}", f"/admin/usage?group=key&agent_id={rich['id']}",
+                     f"/admin/keys/{key['id']}"]
     for path in paths:
         page.goto(kylon.url + path)
         width = page.evaluate("window.innerWidth")

@@ -443,7 +443,8 @@ def test_gate_and_skill_apply_at_once(page, kylon, fake_openai):
 # -- every page on a laptop and on a phone ---------------------------------------------
 
 
-PAGES = ["/admin", "/admin/agents", "/admin/keys", "/admin/usage", "/admin/pricing", "/admin/gates"]
+PAGES = ["/admin", "/admin/agents", "/admin/keys", "/admin/usage", "/admin/pricing", "/admin/gates", "/admin/audit",
+         "/admin/top"]
 
 
 def test_pages_fit_a_laptop_and_a_phone(page, kylon):

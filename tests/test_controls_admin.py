@@ -76,7 +76,7 @@ def test_changes_are_audited(kylon):
     assert [e["action"] for e in entries] == ["key.update", "key.create"]  # newest first
     assert entries[0]["actor"] == "admin api" and entries[0]["changes"] == {"rpm_limit": [None, 7]}
     entries = kylon.admin("GET", "/audit", params={"subject": "agent", "subject_id": agent["id"]}).json()["data"]
-    assert [e["action"] for e in entries] == ["agent.update"]
+    assert [e["action"] for e in entries] == ["agent.update", "agent.create"]
     assert entries[0]["changes"] == {"tpm_limit": [None, 500]}
     assert kylon.admin("GET", "/audit", params={"limit": "0"}).status_code == 400
 

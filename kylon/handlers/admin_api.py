@@ -28,8 +28,15 @@ class AdminAPIHandler(BaseHandler):
         if right is False:
             self.send_kylon_error(401, "Admin API needs 'Authorization: Bearer <admin token>'.")
 
-    # Who the audit log names for a change made through the API.
-    actor = "admin api"
+    @property
+    def actor(self):
+        """Who the audit log names for a change made through the API: "admin
+        api", or "<label> (admin api)" when the caller names itself in
+        X-Kylon-Admin-Label (as the page's log-in name does; the token is
+        shared, so the label tells operators and scripts apart)."""
+        label = self.request.headers.get("X-Kylon-Admin-Label", "")
+        label = " ".join("".join(c for c in label if c.isprintable()).split())[:60]
+        return f"{label} (admin api)" if label else "admin api"
 
     def json_body(self):
         try:
@@ -75,7 +82,8 @@ class AgentsHandler(AdminAPIHandler):
         async def work():
             body = self.json_body()
             await self.call(
-                admin.create_agent, body.get("name"), body.get("skills") or [], body.get("credits") or 0, status=201
+                admin.create_agent, body.get("name"), body.get("skills") or [], body.get("credits") or 0,
+                actor=self.actor, status=201,
             )
 
         await self.run(work)
@@ -104,7 +112,7 @@ class CreditsHandler(AdminAPIHandler):
         async def work():
             body = self.json_body()
             result = await self.call(admin.adjust_credits, agent_id, body.get("amount"), body.get("note") or "",
-                                     shown=self.services.balances.shown)
+                                     actor=self.actor, shown=self.services.balances.shown)
             if result is not None:
                 self.services.cache.update_agent(result["id"], db_balance=Decimal(result["credits"]))
 
@@ -141,7 +149,7 @@ class KeyHandler(AdminAPIHandler):
 
     async def delete(self, key_id):
         try:
-            result, key_hash = await self.services.db.run(admin.revoke_key, key_id)
+            result, key_hash = await self.services.db.run(admin.revoke_key, key_id, actor=self.actor)
         except AdminError as e:
             return self.send_kylon_error(e.status, e.message)
         self.services.cache.revoke_key_id(result["id"])
@@ -184,7 +192,8 @@ class PricesHandler(AdminAPIHandler):
     async def put(self):
         async def work():
             body = self.json_body()
-            result = await self.call(admin_config.set_price_override, body.get("provider"), body.get("model"), body)
+            result = await self.call(admin_config.set_price_override, body.get("provider"), body.get("model"), body,
+                                     actor=self.actor)
             if result is not None:
                 await self.services.pricebook.reload(self.services.db)
 
@@ -192,7 +201,7 @@ class PricesHandler(AdminAPIHandler):
 
     async def delete(self):
         provider, model = self.get_argument("provider", ""), self.get_argument("model", "")
-        await self.services.db.run(admin_config.delete_price_override, provider, model)
+        await self.services.db.run(admin_config.delete_price_override, provider, model, actor=self.actor)
         await self.services.pricebook.reload(self.services.db)
         self.set_status(204)
         self.finish()
@@ -208,7 +217,7 @@ class GatesHandler(AdminAPIHandler):
         async def work():
             body = self.json_body()
             result = await self.services.db.run(
-                admin_config.set_gate, body.get("provider"), body.get("route") or "", body.get("skill")
+                admin_config.set_gate, body.get("provider"), body.get("route") or "", body.get("skill"), actor=self.actor
             )
             await self.services.cache.refresh()
             self.write_json(result)
@@ -219,7 +228,7 @@ class GatesHandler(AdminAPIHandler):
 class GateHandler(AdminAPIHandler):
     async def delete(self, gate_id):
         async def work():
-            await self.services.db.run(admin_config.delete_gate, gate_id)
+            await self.services.db.run(admin_config.delete_gate, gate_id, actor=self.actor)
             await self.services.cache.refresh()
             self.set_status(204)
             self.finish()
@@ -233,7 +242,8 @@ class AuditHandler(AdminAPIHandler):
         if not (limit.isdigit() and before.isdigit()) or not 1 <= int(limit) <= 1000:
             return self.send_kylon_error(400, "'limit' must be a whole number from 1 to 1000, 'before_id' an id.")
         subject, subject_id = self.get_argument("subject", None), self.get_argument("subject_id", None)
-        await self.call(lambda: {"data": audit.list_entries(subject, subject_id, int(limit), int(before))})
+        actor = self.get_argument("actor", None)
+        await self.call(lambda: {"data": audit.list_entries(subject, subject_id, int(limit), int(before), actor)})
 
 
 class ProvidersHandler(AdminAPIHandler):

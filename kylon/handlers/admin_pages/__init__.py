@@ -10,13 +10,15 @@ the database thread, and every change is told to the in-process caches at
 once, as the JSON API does.
 """
 
-from .agents import AgentCreditsPage, AgentEditPage, AgentPage, AgentsPage
+from .agents import AgentControlsPage, AgentCreditsPage, AgentEditPage, AgentPage, AgentsPage
+from .audit import AuditPage
 from .base import template_environment
 from .gates import GateDeletePage, GatesPage
-from .keys import KeyRevokePage, KeysPage
+from .keys import KeyPage, KeyRevokePage, KeysPage
 from .login import LoginPage, LogoutPage
 from .overview import OverviewPage
 from .pricing import PricingDeletePage, PricingPage
+from .spenders import TopSpendersPage
 from .usage import UsageCsvPage, UsagePage, UsageRecordPage
 
 __all__ = ["default_handlers", "template_environment"]
@@ -29,7 +31,10 @@ default_handlers = [
     (r"/admin/agents/([0-9]+)", AgentPage),
     (r"/admin/agents/([0-9]+)/edit", AgentEditPage),
     (r"/admin/agents/([0-9]+)/credits", AgentCreditsPage),
+    (r"/admin/agents/([0-9]+)/controls", AgentControlsPage),
+    (r"/admin/top", TopSpendersPage),
     (r"/admin/keys", KeysPage),
+    (r"/admin/keys/([0-9]+)", KeyPage),
     (r"/admin/keys/([0-9]+)/revoke", KeyRevokePage),
     (r"/admin/usage", UsagePage),
     (r"/admin/usage.csv", UsageCsvPage),
@@ -38,4 +43,5 @@ default_handlers = [
     (r"/admin/pricing/delete", PricingDeletePage),
     (r"/admin/gates", GatesPage),
     (r"/admin/gates/([0-9]+)/delete", GateDeletePage),
+    (r"/admin/audit", AuditPage),
 ]

@@ -1,10 +1,11 @@
-"""Agents: the list, creating one, an agent's page, its name, skills and credits."""
+"""Agents: the list (with who is near a limit), creating one, an agent's
+page, its name, skills, controls and credits, its audit trail."""
 
 from decimal import Decimal, InvalidOperation
 
 import tornado.web
 
-from ... import admin, admin_reports
+from ... import admin, admin_reports, audit, controls
 from ...admin import CHART_RANGES, AdminError
 from .base import AdminPage, format_credits
 from .keys import with_state
@@ -22,11 +23,14 @@ SORTS = {
 NO_USE = {"requests": 0, "failed": 0, "error_rate": 0.0, "input_tokens": 0, "output_tokens": 0, "credits": "0"}
 
 
-def agents_table(agents, summary, search, sort, descending):
-    """The agents with this month's figures, those matching `search`, sorted."""
+def agents_table(agents, summary, near, search, sort, descending, near_only=False):
+    """The agents with this month's figures and why each is near a limit,
+    those matching `search` (and near one, if `near_only`), sorted."""
     rows = []
     for agent in agents:
         if search and search.lower() not in agent["name"].lower():
+            continue
+        if near_only and agent["id"] not in near:
             continue
         found = summary.get(agent["id"], {})
         rows.append(
@@ -37,6 +41,7 @@ def agents_table(agents, summary, search, sort, descending):
                 "month": found.get("month", NO_USE),
                 "active_keys": found.get("active_keys", 0),
                 "last_used_at": found.get("last_used_at"),
+                "near": near.get(agent["id"], []),
             }
         )
     return sorted(rows, key=SORTS[sort], reverse=descending)
@@ -54,21 +59,26 @@ class AgentsPage(AdminPage):
         sort = self.get_argument("sort", "name")
         sort = sort if sort in SORTS else "name"
         descending = self.get_argument("dir", "asc" if sort == "name" else "desc") == "desc"
+        near_only = self.get_argument("near", "") == "1"
 
         def work():
-            return admin.list_agents(), admin_reports.agents_summary()
+            return admin.list_agents(), admin_reports.agents_summary(), admin_reports.limit_facts()
 
-        agents, summary = await self.services.db.run(work)
+        agents, summary, facts = await self.services.db.run(work)
         # Balances less the debits this process has not committed yet.
         agents = [self.services.balances.shown(a) for a in agents]
+        near = admin_reports.near_limits(agents, facts)
         self.render_page(
             "agents.html",
-            agents=agents_table(agents, summary, search, sort, descending),
+            agents=agents_table(agents, summary, near, search, sort, descending, near_only),
             total=len(agents),
+            near_count=len(near),
+            near_only=near_only,
             search=search,
             sort=sort,
             descending=descending,
             low_balance=admin_reports.LOW_BALANCE,
+            key_near=admin_reports.KEY_NEAR_SHARE,
         )
 
     async def post(self):
@@ -90,11 +100,14 @@ class AgentPage(AdminPage):
         by = "provider" if self.get_argument("by", "") == "provider" else "model"
 
         def work():
+            keys = admin.list_keys(agent_id)
             return {
                 "agent": admin.agent_detail(agent_id),
                 "ledger": admin.ledger(agent_id),
-                "keys": with_state(admin.list_keys(agent_id)),
+                "keys": with_state(keys),
+                "periods": admin_reports.key_periods(keys),
                 "report": admin_reports.agent_report(agent_id, range_name, by),
+                "entries": audit.agent_trail(agent_id, [k["id"] for k in keys]),
             }
 
         try:
@@ -109,6 +122,7 @@ class AgentPage(AdminPage):
             ranges=list(CHART_RANGES),
             range=range_name,
             by=by,
+            resets=controls.LIMIT_RESETS,
             **data,
         )
 
@@ -117,10 +131,23 @@ class AgentEditPage(AdminPage):
     async def post(self, agent_id):
         name = self.get_body_argument("name", None)
         skills = split_skills(self.get_body_argument("skills", ""))
-        agent = await self.run_admin(admin.update_agent, agent_id, name, skills)
+        agent = await self.run_admin(admin.update_agent, agent_id, name, skills, actor=self.who)
         if agent is not None:
             self.services.cache.update_agent(agent["id"], skills=agent["skills"])
             self.flash("Agent saved.")
+        self.redirect(f"/admin/agents/{agent_id}")
+
+
+class AgentControlsPage(AdminPage):
+    """The agent's rate limits, allowed models and alert thresholds (an empty field: no limit)."""
+
+    async def post(self, agent_id):
+        fields = self.form_fields(controls.AGENT_FIELDS)
+        agent = await self.run_admin(admin.update_agent, agent_id, None, None, fields, actor=self.who)
+        if agent is not None:
+            # The new limits apply to the agent's next call.
+            await self.services.cache.refresh()
+            self.flash("Controls saved.")
         self.redirect(f"/admin/agents/{agent_id}")
 
 

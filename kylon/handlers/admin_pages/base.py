@@ -74,6 +74,25 @@ def format_percent(value):
     return f"{float(value or 0) * 100:.1f}%"
 
 
+def format_change(value):
+    """One side of an audit entry's change: none as "—", a list joined."""
+    if value is None or value == "" or value == []:
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def plain_decimal(value):
+    """A decimal as a form field takes it back: exact, no tail of zeros ("2.5", "10")."""
+    return f"{Decimal(str(value)).normalize():f}"
+
+
+def form_time(value):
+    """A stored time as the forms take it back (YYYY-MM-DD HH:MM, UTC)."""
+    return str(value).replace("T", " ")[:16] if value else ""
+
+
 def template_environment(template_path):
     """The admin pages' Jinja environment, every template compiled: made once
     at start-up (application setting `jinja_env`), so no page reads a file on
@@ -85,7 +104,8 @@ def template_environment(template_path):
         auto_reload=False,
     )
     env.filters.update(
-        when=format_time, credits=format_credits, number=format_number, money=format_money, percent=format_percent
+        when=format_time, credits=format_credits, number=format_number, money=format_money, percent=format_percent,
+        change=format_change, form_time=form_time, plain=plain_decimal,
     )
     for name in env.list_templates(extensions=["html"]):
         env.get_template(name)
@@ -205,6 +225,10 @@ class AdminPage(BaseHandler):
                 logged_in=False, who="", flash=None, xsrf_form_html=lambda: "",
             )
         )
+
+    def form_fields(self, names):
+        """Those of `names` the posted form has (a field a form lacks is left as it is)."""
+        return {n: self.get_body_argument(n) for n in names if n in self.request.body_arguments}
 
     async def run_admin(self, fn, *args, **kwargs):
         """An admin function on the database thread; AdminError → None and a flash."""

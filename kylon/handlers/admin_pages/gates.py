@@ -18,7 +18,7 @@ class GatesPage(AdminPage):
         skill = self.get_body_argument("skill", "").strip()
         if provider not in self.services.providers:
             return self.back("/admin/gates", f"Unknown provider '{provider}'.", "error")
-        gate = await self.run_admin(admin_config.set_gate, provider, route, skill)
+        gate = await self.run_admin(admin_config.set_gate, provider, route, skill, actor=self.who)
         if gate is not None:
             await self.services.cache.refresh()
             self.flash(f"{provider}{route or ' (all routes)'} now needs skill '{gate['skill']}'.")
@@ -28,7 +28,7 @@ class GatesPage(AdminPage):
 class GateDeletePage(AdminPage):
     async def post(self, gate_id):
         try:
-            await self.services.db.run(admin_config.delete_gate, gate_id)
+            await self.services.db.run(admin_config.delete_gate, gate_id, actor=self.who)
         except AdminError as e:
             return self.back("/admin/gates", e.message, "error")
         await self.services.cache.refresh()

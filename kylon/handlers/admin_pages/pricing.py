@@ -86,7 +86,7 @@ class PricingPage(AdminPage):
         values = {f: self.get_body_argument(f, "").strip() for f in PRICE_FIELDS}
         if provider not in self.services.providers:
             return self.back("/admin/pricing", f"Unknown provider '{provider}'.", "error")
-        result = await self.run_admin(admin_config.set_price_override, provider, model, values)
+        result = await self.run_admin(admin_config.set_price_override, provider, model, values, actor=self.who)
         if result is not None:
             await self.services.pricebook.reload(self.services.db)
             self.flash(f"Price for {provider} / {model} saved.")
@@ -97,7 +97,7 @@ class PricingDeletePage(AdminPage):
     async def post(self):
         provider = self.get_body_argument("provider", "")
         model = self.get_body_argument("model", "")
-        await self.services.db.run(admin_config.delete_price_override, provider, model)
+        await self.services.db.run(admin_config.delete_price_override, provider, model, actor=self.who)
         await self.services.pricebook.reload(self.services.db)
         url = "/admin/pricing?" + urllib.parse.urlencode({"show": provider})
         self.back(url, f"Override for {provider} / {model} removed.")
