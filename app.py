@@ -18,6 +18,7 @@ import sys
 
 from kylon import relay
 from kylon.accesslog import LOG_FORMAT, AccessLog
+from kylon.alerts import Alerts
 from kylon.application import KylonApplication
 from kylon.auth import AccountCache
 from kylon.billing import PriceBook
@@ -128,6 +129,9 @@ async def serve(settings):
     # Other processes' price changes: the admin handlers reload at once after their own.
     prices_task = repeat(settings.cache_refresh_seconds, lambda: pricebook.reload(worker), "price reload")
     writer.start()
+    # Low-balance, key-limit and expiry alerts to the webhooks: off the request path.
+    alerts = Alerts(worker, settings)
+    alerts.start()
     # Everything made at start lives as long as the process: keep the cyclic
     # GC from walking it again and again (its full passes are latency spikes).
     gc.collect()
@@ -142,6 +146,7 @@ async def serve(settings):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     prices_task.cancel()
+    alerts.stop()
     await shutdown(server, services)
 
 

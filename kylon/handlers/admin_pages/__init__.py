@@ -18,6 +18,7 @@ from .login import LoginPage, LogoutPage
 from .overview import OverviewPage
 from .pricing import PricingDeletePage, PricingPage
 from .usage import UsageCsvPage, UsagePage, UsageRecordPage
+from .webhooks import WebhookDeletePage, WebhookEditPage, WebhooksPage, WebhookTestPage
 
 __all__ = ["default_handlers", "template_environment"]
 
@@ -38,4 +39,8 @@ default_handlers = [
     (r"/admin/pricing/delete", PricingDeletePage),
     (r"/admin/gates", GatesPage),
     (r"/admin/gates/([0-9]+)/delete", GateDeletePage),
+    (r"/admin/webhooks", WebhooksPage),
+    (r"/admin/webhooks/([0-9]+)", WebhookEditPage),
+    (r"/admin/webhooks/([0-9]+)/delete", WebhookDeletePage),
+    (r"/admin/webhooks/([0-9]+)/test", WebhookTestPage),
 ]
