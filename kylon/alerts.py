@@ -311,11 +311,8 @@ class Alerts:
                 HTTPRequest(url, method="POST", body=body, headers=headers, connect_timeout=timeout,
                             request_timeout=timeout, follow_redirects=False),
                 raise_error=False)
-            code = None if response.code == 599 else response.code
-            if code is None:
-                error = str(response.error or "") or "no answer"
-            else:
-                error = "" if 200 <= code < 300 else f"HTTP {code}"
-        except Exception as e:  # a URL curl refuses, a DNS failure
-            code, error = None, f"{type(e).__name__}: {e}"
+            code = response.code
+            error = "" if 200 <= code < 300 else f"HTTP {code}"
+        except Exception as e:  # no answer: refused, time-out, DNS (curl's message)
+            code, error = None, getattr(e, "message", None) or str(e) or type(e).__name__
         return delivery_id, attempt, code, error, int((time.monotonic() - started) * 1000)

@@ -1,13 +1,12 @@
 """Alerts to webhooks (docs/controls.md, "Alerts"): a local receiver checks
-every delivery's signature; calls through the openai SDK against the fake
+every delivery's signature (with the check the docs give receivers); calls through the openai SDK against the fake
 drain balances and spend key limits. Each crossing is delivered once (also
 from two processes on one MariaDB), failed deliveries are retried with
 backoff, and every attempt is recorded."""
 
 import datetime
-import hashlib
-import hmac
 import json
+import os
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ import tornado.web
 
 from .conftest import drop_database, scratch_database_url
 from .fakes.server import FakeServer, RecordingHandler, free_port
-from .kylon_process import Kylon
+from .kylon_process import ROOT, Kylon
 
 # Short intervals so the tests run fast: the watcher and the sender look
 # every 0.2 s, the first retry waits 0.3 s (then 1.8 s: BACKOFF), 3 attempts at most.
@@ -40,11 +39,7 @@ class ReceiverHandler(RecordingHandler):
         fake = self.fake
         secret = fake.secrets.get(path)
         header = self.request.headers.get("X-Kylon-Signature", "")
-        fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-        expected = secret and hmac.new(secret.encode(), fields.get("t", "").encode() + b"." + self.request.body,
-                                       hashlib.sha256).hexdigest()
-        fresh = fields.get("t", "").isdigit() and abs(time.time() - int(fields["t"])) < 300
-        if not (expected and fresh and hmac.compare_digest(expected, fields.get("v1", ""))):
+        if not (secret and fake.verified(secret, self.request.body, header)):
             fake.bad_signatures.append(self.request.body)
             self.set_status(401)
             return
@@ -59,6 +54,15 @@ class ReceiverHandler(RecordingHandler):
         self.set_status(500 if failing else 200)
 
 
+def documented_check():
+    """`verified(secret, body, header)`, as docs/controls.md gives it to receivers."""
+    with open(os.path.join(ROOT, "docs", "controls.md"), encoding="utf-8") as f:
+        code = f.read().split("```python\n")[-1].split("```")[0]
+    namespace = {}
+    exec(code, namespace)
+    return namespace["verified"]
+
+
 class Receiver(FakeServer):
     """A webhook receiver: the webhook at /<path> is signed with
     secrets[path]; the first fail_first[path] attempts of each delivery there
@@ -71,6 +75,7 @@ class Receiver(FakeServer):
         self.deliveries = []
         self.bad_signatures = []
         self.lock = threading.Lock()
+        self.verified = documented_check()
         super().__init__([(r"/(.*)", ReceiverHandler)])
 
     def webhook(self, kylon, events=None, fail_first=0, secret=None):
@@ -352,3 +357,15 @@ def test_two_processes_deliver_each_crossing_once(alerting_pair, receiver):
     assert fired == 17
     sent = sum(metric(k, "kylon_webhook_deliveries_total", outcome="delivered") for k in (a, b))
     assert sent == 17
+
+
+def test_the_documented_check_takes_kylons_signature_and_nothing_else():
+    from kylon.alerts import signature
+
+    verified = documented_check()
+    body, now = b'{"id": 1, "type": "test"}', int(time.time())
+    assert verified("whsec_right", body, signature("whsec_right", now, body))
+    assert not verified("whsec_wrong", body, signature("whsec_right", now, body))
+    assert not verified("whsec_right", body + b" ", signature("whsec_right", now, body))
+    assert not verified("whsec_right", body, signature("whsec_right", now - 3600, body))
+    assert not verified("whsec_right", body, "")
