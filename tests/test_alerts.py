@@ -16,7 +16,7 @@ import openai
 import pytest
 import tornado.web
 
-from .conftest import drop_database, scratch_database_url
+from .conftest import CREATED_SECRETS, drop_database, scratch_database_url
 from .fakes.server import FakeServer, RecordingHandler, free_port
 from .kylon_process import ROOT, Kylon
 
@@ -87,6 +87,7 @@ class Receiver(FakeServer):
         r = kylon.admin("POST", "/webhooks", json=body)
         assert r.status_code == 201, r.text
         self.secrets[path] = r.json()["secret"]
+        CREATED_SECRETS.add(r.json()["secret"])  # never in a log (conftest checks)
         return r.json()["id"], path
 
     def got(self, path, timeout=10, count=None, **data):
@@ -152,6 +153,7 @@ def metric(kylon, name, **labels):
     import httpx
 
     text = httpx.get(kylon.url + "/metrics", timeout=10).text
+    assert f"# HELP {name} " in text and f"# TYPE {name} counter" in text
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
         if line.startswith(f"{name}{{{wanted}}} "):

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from .test_admin_pages import LAPTOP, SCREENSHOTS, browser, log_in, watched_page  # noqa: F401 (fixture)
+from .test_admin_pages import LAPTOP, PHONE, SCREENSHOTS, browser, log_in, watched_page  # noqa: F401 (fixture)
 from .test_alerts import alerting, receiver  # noqa: F401 (fixtures)
 
 
@@ -129,6 +129,11 @@ def test_webhooks_page_add_test_edit_disable_delete(page, alerting, receiver):
     edit.locator("button:text('Save')").click()
     expect(page.locator(".flash")).to_contain_text(f"Webhook {url} saved.")
     expect(page.locator("section.webhook", has_text=url).locator(".tag", has_text="every event")).to_have_count(1)
+
+    # On a phone the page does not scroll sideways (wide tables scroll in their card).
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    page.set_viewport_size(LAPTOP)
 
     # Disable, then delete (after the confirmation).
     page.locator("section.webhook", has_text=url).locator("button:text('Disable')").click()
