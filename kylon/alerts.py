@@ -246,7 +246,12 @@ def record_attempts(results, now, base_delay, max_attempts):
     `max_attempts`. Returns the outcomes (for the metrics)."""
     outcomes = []
     with database.atomic():
+        # A webhook deleted while its deliveries were out took them with it.
+        present = {i for (i,) in WebhookDelivery.select(WebhookDelivery.id)
+                   .where(WebhookDelivery.id.in_([r[0] for r in results])).tuples()}
         for delivery_id, attempt, status_code, error, duration_ms in results:
+            if delivery_id not in present:
+                continue
             WebhookAttempt.create(delivery=delivery_id, number=attempt, status_code=status_code, error=error[:500],
                                   duration_ms=duration_ms, created_at=now)
             change = {"last_status_code": status_code, "last_error": error[:500]}

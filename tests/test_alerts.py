@@ -4,6 +4,7 @@ drain balances and spend key limits. Each crossing is delivered once (also
 from two processes on one MariaDB), failed deliveries are retried with
 backoff, and every attempt is recorded."""
 
+import asyncio
 import datetime
 import json
 import os
@@ -35,8 +36,9 @@ MESSAGES = [{"role": "user", "content": "Say hi"}]
 
 
 class ReceiverHandler(RecordingHandler):
-    def post(self, path):
+    async def post(self, path):
         fake = self.fake
+        await asyncio.sleep(fake.delay.get(path, 0))
         secret = fake.secrets.get(path)
         header = self.request.headers.get("X-Kylon-Signature", "")
         if not (secret and fake.verified(secret, self.request.body, header)):
@@ -66,11 +68,12 @@ def documented_check():
 class Receiver(FakeServer):
     """A webhook receiver: the webhook at /<path> is signed with
     secrets[path]; the first fail_first[path] attempts of each delivery there
-    answer 500; each delivery that got through is in `deliveries`."""
+    answer 500, each after delay[path] seconds; each delivery that got through is in `deliveries`."""
 
     def __init__(self):
         self.secrets = {}
         self.fail_first = {}
+        self.delay = {}  # path -> seconds before each answer
         self.attempts = {}  # (path, X-Kylon-Delivery) -> attempts seen
         self.deliveries = []
         self.bad_signatures = []
@@ -314,6 +317,21 @@ def test_an_unreachable_receiver_is_given_up_after_the_last_attempt(alerting):
     assert all(a["error"] for a in row["attempt_log"]) and row["last_error"]
     assert metric(alerting, "kylon_webhook_deliveries_total", outcome="given_up") == given_up + 1
     assert alerting.admin("DELETE", f"/webhooks/{webhook_id}").status_code == 204
+
+
+def test_a_webhook_deleted_while_its_delivery_is_out(alerting, receiver):
+    webhook_id, path = receiver.webhook(alerting, events=["key_expiring"])
+    receiver.delay[path] = 1.5
+    alerting.admin("POST", f"/webhooks/{webhook_id}/test")
+    wait_for(lambda: [r for r in list(receiver.received) if r.path == "/" + path])
+    assert alerting.admin("DELETE", f"/webhooks/{webhook_id}").status_code == 204
+    # The answer comes back to a delivery that is gone: nothing to record, no failure.
+    time.sleep(2)
+    other, other_path = receiver.webhook(alerting, events=["key_expiring"])
+    alerting.admin("POST", f"/webhooks/{other}/test")
+    assert len(receiver.got(other_path, count=1)) == 1
+    assert "webhook delivery failed" not in alerting.read_log()
+    assert alerting.admin("DELETE", f"/webhooks/{other}").status_code == 204
 
 
 # -- several processes on one database -------------------------------------------
