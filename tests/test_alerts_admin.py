@@ -137,7 +137,7 @@ def test_webhooks_page_add_test_edit_disable_delete(page, alerting, receiver):
 
     # Disable, then delete (after the confirmation).
     page.locator("section.webhook", has_text=url).locator("button:text('Disable')").click()
-    expect(page.locator(".flash")).to_contain_text("disabled")
+    expect(page.locator(".flash")).to_contain_text(f"Webhook {url} disabled.")
     card = page.locator("section.webhook", has_text=url)
     expect(card.locator(".badge.off")).to_have_text("disabled")
     expect(card.locator("button:text('Send test')")).to_have_count(0)

@@ -49,8 +49,8 @@ class WebhookEditPage(AdminPage):
             body["enabled"] = self.get_body_argument("enabled") == "1"
         result = await self.run_admin(admin_webhooks.update_webhook, webhook_id, body, actor=self.who)
         if result is not None:
-            state = "" if "enabled" not in body else (" enabled" if result["enabled"] else " disabled")
-            self.flash(f"Webhook {result['url']} saved{state}.")
+            done = "saved" if "enabled" not in body else ("enabled" if result["enabled"] else "disabled")
+            self.flash(f"Webhook {result['url']} {done}.")
         self.redirect("/admin/webhooks")
 
 
