@@ -19,6 +19,7 @@ import sys
 
 from kylon import relay
 from kylon.accesslog import LOG_FORMAT, AccessLog
+from kylon.alerts import Alerts
 from kylon.application import KylonApplication
 from kylon.auth import AccountCache
 from kylon.billing import PriceBook
@@ -144,6 +145,9 @@ async def serve(settings):
     prices_task = repeat(settings.cache_refresh_seconds, lambda: pricebook.reload(worker), "price reload")
     writer.start()
     services.responses.start()
+    # Low-balance, key-limit and expiry alerts to the webhooks: off the request path.
+    alerts = Alerts(worker, settings)
+    alerts.start()
     # Everything made at start lives as long as the process: keep the cyclic
     # GC from walking it again and again (its full passes are latency spikes).
     gc.collect()
@@ -159,6 +163,7 @@ async def serve(settings):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     prices_task.cancel()
+    alerts.stop()
     await shutdown(server, services)
 
 

@@ -88,6 +88,18 @@ USAGE_WRITE_FAILURES = Counter(
     "kylon_usage_write_failures_total",
     "Failed attempts to write a batch of usage records (they are kept and retried).",
 )
+ALERT_EVENTS = Counter(
+    "kylon_alert_events_total",
+    "Alerts fired, by kind (low_balance, key_limit_reached, key_expiring, test); each crossing is counted "
+    "once, by the process whose database insert won it.",
+    ["kind"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "kylon_webhook_deliveries_total",
+    "Webhook delivery attempts, by outcome: delivered, retrying (failed, tried again later), given_up "
+    "(failed for the last time).",
+    ["outcome"],
+)
 
 BACKGROUND_PENDING = Gauge(
     "kylon_background_responses_pending",

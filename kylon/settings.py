@@ -59,6 +59,15 @@ class Settings:
     tls_key_file: str = ""
     # The asyncio loop under Tornado: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
+    # Alerts (kylon/alerts.py): how often this process looks for crossings
+    # and for webhook deliveries due; how long before a key's expiry it is
+    # announced; the first retry's delay (later ones grow, alerts.BACKOFF),
+    # the most attempts per delivery, and each attempt's time-out.
+    alert_check_seconds: float = 5.0
+    key_expiry_alert_days: float = 7.0
+    webhook_retry_seconds: float = 5.0
+    webhook_max_attempts: int = 6
+    webhook_timeout: float = 10.0
     env: dict = field(default_factory=dict)
 
     @classmethod
@@ -87,5 +96,10 @@ class Settings:
             tls_cert_file=env.get("KYLON_TLS_CERT_FILE") or "",
             tls_key_file=env.get("KYLON_TLS_KEY_FILE") or "",
             event_loop=(env.get("KYLON_EVENT_LOOP") or "uvloop").lower(),
+            alert_check_seconds=_float(env, "KYLON_ALERT_CHECK_SECONDS", 5),
+            key_expiry_alert_days=_float(env, "KYLON_KEY_EXPIRY_ALERT_DAYS", 7),
+            webhook_retry_seconds=_float(env, "KYLON_WEBHOOK_RETRY_SECONDS", 5),
+            webhook_max_attempts=_int(env, "KYLON_WEBHOOK_MAX_ATTEMPTS", 6),
+            webhook_timeout=_float(env, "KYLON_WEBHOOK_TIMEOUT", 10),
             env=env,
         )

@@ -1,6 +1,6 @@
 """Every URL rule Kylon serves, in the order they are matched."""
 
-from . import admin_api, admin_pages, agent_view, health, metrics, proxy, sockets
+from . import admin_api, admin_api_webhooks, admin_pages, agent_view, health, metrics, proxy, sockets
 from .base import NotFoundHandler  # noqa: F401 (the application's default handler)
 
 
@@ -12,6 +12,6 @@ def default_handlers(providers):
     rules = sockets.socket_rules(providers)
     for provider in providers.values():
         rules.extend(provider.get_handlers())
-    for module in (agent_view, proxy, admin_api, admin_pages, health, metrics):
+    for module in (agent_view, proxy, admin_api, admin_api_webhooks, admin_pages, health, metrics):
         rules.extend(module.default_handlers)
     return rules

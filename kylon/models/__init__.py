@@ -17,10 +17,12 @@ from .holds import CreditHold, KeyHold
 from .rollup import UsageRollup
 from .controls import AuditEntry, Webhook
 from .responses import ResponseBinding
+from .alerts import AlertEvent, WebhookAttempt, WebhookDelivery
 
 ALL_MODELS = [
     Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession,
-    CreditHold, KeyHold, UsageRollup, AuditEntry, Webhook, ResponseBinding,
+    CreditHold, KeyHold, UsageRollup, AuditEntry, Webhook, ResponseBinding, AlertEvent, WebhookDelivery,
+    WebhookAttempt,
 ]
 
 

@@ -20,6 +20,7 @@ from .overview import OverviewPage
 from .pricing import PricingDeletePage, PricingPage
 from .spenders import TopSpendersPage
 from .usage import UsageCsvPage, UsagePage, UsageRecordPage
+from .webhooks import WebhookDeletePage, WebhookEditPage, WebhooksPage, WebhookTestPage
 
 __all__ = ["default_handlers", "template_environment"]
 
@@ -44,4 +45,8 @@ default_handlers = [
     (r"/admin/gates", GatesPage),
     (r"/admin/gates/([0-9]+)/delete", GateDeletePage),
     (r"/admin/audit", AuditPage),
+    (r"/admin/webhooks", WebhooksPage),
+    (r"/admin/webhooks/([0-9]+)", WebhookEditPage),
+    (r"/admin/webhooks/([0-9]+)/delete", WebhookDeletePage),
+    (r"/admin/webhooks/([0-9]+)/test", WebhookTestPage),
 ]
