@@ -28,6 +28,7 @@ from kylon.gates import seed_gates
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Setting, open_database
 from kylon.providers import load_providers, secret_query_params
+from kylon.ratelimits import DatabaseStore, RateLimits, RedisStore
 from kylon.server import KylonHTTPServer
 from kylon.services import Services
 from kylon.settings import Settings
@@ -114,6 +115,10 @@ async def serve(settings):
     services.bad_keys = FailureThrottle(free=settings.bad_key_free_failures, base_delay=0.05, max_delay=5.0,
                                         forget_after=300)
     relay.configure_client(settings.max_upstream_connections)
+    rate_store = DatabaseStore(worker)
+    if settings.redis_url:
+        rate_store = RedisStore(settings.redis_url, rate_store)
+    services.ratelimits = RateLimits(rate_store, cache.process_id, settings.cache_refresh_seconds)
 
     app = make_app(services, cookie_secret)
     server = KylonHTTPServer(
@@ -125,6 +130,7 @@ async def serve(settings):
     )
     server.listen(settings.port, settings.host)
     cache.start()
+    services.ratelimits.start()
     # Other processes' price changes: the admin handlers reload at once after their own.
     prices_task = repeat(settings.cache_refresh_seconds, lambda: pricebook.reload(worker), "price reload")
     writer.start()
@@ -161,6 +167,7 @@ async def shutdown(server, services):
             break
         await asyncio.sleep(0.05)
     services.cache.stop()
+    await services.ratelimits.stop()
     written = await services.writer.close()
     services.db.close()
     services.access_log.flush()

@@ -23,6 +23,7 @@ class Services:
     # Wrong admin tokens per client address, log-in page and admin API together.
     admin_tokens: object = field(default_factory=admin_token_throttle)
     access_log: object = None  # accesslog.AccessLog
+    ratelimits: object = None  # ratelimits.RateLimits
     # Every request header a provider takes a Kylon key from: none goes upstream.
     key_headers: frozenset = frozenset()
 

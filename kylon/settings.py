@@ -50,6 +50,8 @@ class Settings:
     xheaders: bool = False
     # The asyncio loop under Tornado: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
+    # Shared rate-limit counters in Redis instead of the database (optional).
+    redis_url: str | None = None
     env: dict = field(default_factory=dict)
 
     @classmethod
@@ -74,5 +76,6 @@ class Settings:
             bad_key_free_failures=_int(env, "KYLON_BAD_KEY_FREE_FAILURES", 10),
             xheaders=(env.get("KYLON_TRUST_PROXY_HEADERS", "").lower() in ("1", "true", "yes")),
             event_loop=(env.get("KYLON_EVENT_LOOP") or "uvloop").lower(),
+            redis_url=env.get("KYLON_REDIS_URL") or None,
             env=env,
         )

@@ -31,6 +31,7 @@ from ..calls.record import CallState, build_record
 from ..meter import ResponseMeter, settle_usage
 from ..models import UsageStatus, utcnow
 from ..providers import Exchange
+from ..ratelimits import Claim, rate_limited
 from ..server import refused_as_malformed
 from .answer import AnswerRelay
 from .base import BaseHandler
@@ -54,6 +55,7 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         self.provider = None
         self.exchange = None
         self.call = None  # calls.record.CallState, once authenticated
+        self.rate = None  # ratelimits.Ticket, once admitted under a rate limit
         self.upstream = None  # relay.UpstreamCall, once under way
         self.meter = None
         self.client_gone = False
@@ -107,6 +109,18 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         ) or admission.check_declared_size(self.request.headers.get("Content-Length"), limit)
         if refusal is not None:
             return self.reject(refusal)
+        # Rate limits, after the checks above: a call they refuse anyway
+        # spends none of the minute's requests.
+        if rate_limited(key.limits) or rate_limited(agent.limits):
+            rates = services.ratelimits
+            ticket = rates.admit_now(key, agent)
+            if isinstance(ticket, Claim):
+                ticket = await rates.admit(key, agent)
+                if self.call.recorded and not isinstance(ticket, Refusal):
+                    return rates.end(ticket, 0)  # the client left meanwhile
+            if isinstance(ticket, Refusal):
+                return self.reject(ticket)
+            self.rate = ticket
         # Kylon's own check (data_received) answers 413; Tornado's guard, set
         # higher, only catches a single chunk far beyond the limit (with a 400).
         self.request.connection.set_max_body_size(2 * limit)
@@ -131,7 +145,7 @@ class ProxyHandler(AnswerRelay, BaseHandler):
     def reject(self, refusal):
         """Refuse an authenticated call before it goes upstream; it is recorded."""
         metrics.child(metrics.REJECTED, self.provider.name, refusal.reason).inc()
-        self.send_kylon_error(refusal.status, refusal.message)
+        self.send_kylon_error(refusal.status, refusal.message, headers=refusal.headers)
         self.record(UsageStatus.REJECTED, refusal.status, Usage(), error=refusal.message)
 
     def data_received(self, chunk):
@@ -216,7 +230,12 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         if refusal is not None:
             return self.reject(Refusal(refusal[0], refusal[1], "provider"))
         body = provider.prepare_request(exchange, body)
-        refusal = self.hold_credits()
+        hold = provider.hold_usage(exchange)
+        if self.rate is not None:
+            refusal = await self.hold_tokens(hold)
+            if refusal is not None:
+                return self.reject(refusal)
+        refusal = self.hold_credits(hold)
         if refusal is not None:
             return self.reject(refusal)
         self.services.writer.open_call(self.call)  # journaled before anything goes upstream
@@ -237,12 +256,21 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         """(the body to send, None) or (None, Refusal): see admission.read_request."""
         return admission.read_request(self.provider, self.exchange, body)
 
-    def hold_credits(self):
+    async def hold_tokens(self, hold):
+        """The tokens the call may use count against its tokens-a-minute
+        limits while it runs (replaced by its usage in record()); a Refusal
+        when a limit has not that many left."""
+        rates = self.services.ratelimits
+        refusal = rates.hold_now(self.rate, hold.input_tokens + hold.output_tokens)
+        if isinstance(refusal, Claim):
+            refusal = await rates.hold(self.rate, hold.input_tokens + hold.output_tokens)
+        return refusal
+
+    def hold_credits(self, hold):
         """Hold the most the call may cost while it runs (released in
         record()); a Refusal when the agent cannot cover it."""
         call = self.call
-        hold, refusal = admission.check_hold(self.provider.hold_usage(self.exchange), self.price(),
-                                             call.balance.available)
+        hold, refusal = admission.check_hold(hold, self.price(), call.balance.available)
         if refusal is None:
             call.balance.hold(hold)
             call.held = hold
@@ -324,20 +352,23 @@ class ProxyHandler(AnswerRelay, BaseHandler):
     def on_finish(self):
         self.services.open_calls.discard(self)
 
-    def release(self, call):
-        """The call is over: its hold goes back, it is no longer open."""
+    def release(self, call, used_tokens=0):
+        """The call is over: its hold goes back, it is no longer open, its
+        rate-limit counters have the tokens it used instead of its hold."""
         call.recorded = True
         self.services.open_calls.discard(self)
         if call.held:
             call.balance.release(call.held)
             call.held = 0
+        if self.rate is not None:
+            self.services.ratelimits.end(self.rate, used_tokens)
 
     def record(self, status, http_status, usage, error=""):
         """The call's one usage record, priced and handed to the batch writer."""
         call = self.call
         if call is None or call.recorded:
             return
-        self.release(call)
+        self.release(call, usage.input_tokens + usage.output_tokens)
         services = self.services
         upstream_id = upstream_request_id(self.provider, self.exchange.response_headers)
         record, observations = build_record(

@@ -16,9 +16,10 @@ from .upload import UploadSession
 from .holds import CreditHold
 from .rollup import UsageRollup
 from .controls import AuditEntry, Webhook
+from .ratelimit import RateRunning, RateWindow
 
 ALL_MODELS = [Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession, CreditHold, UsageRollup,
-              AuditEntry, Webhook]
+              AuditEntry, Webhook, RateWindow, RateRunning]
 
 
 def open_database(url):
