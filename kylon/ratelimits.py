@@ -246,7 +246,6 @@ class RateLimits:
                 granted_requests, granted_tokens, total_requests, total_tokens = await self.store.claim(
                     subject.name, window, want_requests, want_tokens, rpm, tpm
                 )
-                metrics.child(metrics.RATE_CLAIMS, self.store.name).inc()
             except Exception as e:
                 # The store is away: go on from the totals last seen, as if alone.
                 log.warning("rate-limit store failed (%s): counting %s in this process alone", e, subject.name)
@@ -321,8 +320,9 @@ class RateLimits:
         {"window_seconds": 60, "key": {...}, "agent": {...}}, each with
         "rpm" and "tpm" as {"limit", "remaining", "resets_in_seconds",
         "resets_at"} and "concurrency" as {"limit", "running", "remaining"}
-        (None where no limit is set). Remaining is as this process sees it:
-        exact on one process; with several, others' unspent leases count as used."""
+        (None where no limit is set). Remaining is as this process last saw
+        the store: exact on one process; with several, what the others
+        claimed since this process's last claim is not counted yet."""
         now = self.clock()
         window = int(now // WINDOW)
         reset = reset_seconds(now)
@@ -450,7 +450,9 @@ class DatabaseStore:
         self.db = db_worker
 
     async def claim(self, subject, window, want_requests, want_tokens, rpm, tpm):
-        return await self.db.run(_claim_rows, subject, window, want_requests, want_tokens, rpm, tpm)
+        granted = await self.db.run(_claim_rows, subject, window, want_requests, want_tokens, rpm, tpm)
+        metrics.child(metrics.RATE_CLAIMS, self.name).inc()
+        return granted
 
     async def publish(self, process_id, running, stale_after, window):
         return await self.db.run(_publish_rows, process_id, running, stale_after, window)
@@ -534,6 +536,7 @@ class RedisStore:
         async def in_redis():
             key = f"{REDIS_PREFIX}{subject}:{window}"
             result = await self.claim_script(keys=[key], args=[want_requests, want_tokens, rpm, tpm, 2 * WINDOW])
+            metrics.child(metrics.RATE_CLAIMS, self.name).inc()
             return tuple(int(n) for n in result)
 
         return await self._either(
