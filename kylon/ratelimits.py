@@ -155,7 +155,8 @@ class RateLimits:
         pairs = self.pairs(key, agent)
         needs = None
         for subject, limits in pairs:
-            subject.roll(window)
+            if subject.window != window:
+                subject.roll(window)
             subject.concurrency = limits.concurrency
             if limits.concurrency is not None and subject.running + subject.elsewhere >= limits.concurrency:
                 return self.refusal(pairs, subject, limits, "concurrency", now)
@@ -300,18 +301,28 @@ class RateLimits:
     def headers(self, pairs, now=None):
         """OpenAI's x-ratelimit-* headers for the tightest of the call's
         request and token limits (none for a limit not set)."""
-        reset = format_reset(reset_seconds(self.clock() if now is None else now))
+        requests = tokens = None  # (remaining, limit) of the tightest
+        for subject, limits in pairs:
+            if limits.rpm is not None:
+                remaining = max(0, limits.rpm - subject.store_requests + subject.requests_left)
+                if requests is None or remaining < requests[0]:
+                    requests = (remaining, limits.rpm)
+            if limits.tpm is not None:
+                remaining = max(0, limits.tpm - subject.store_tokens + subject.tokens_left)
+                if tokens is None or remaining < tokens[0]:
+                    tokens = (remaining, limits.tpm)
         headers = {}
-        requests = [(s.requests_remaining(l.rpm), l.rpm) for s, l in pairs if l.rpm is not None]
-        if requests:
-            remaining, limit = min(requests)
-            headers.update({"x-ratelimit-limit-requests": str(limit), "x-ratelimit-remaining-requests": str(remaining),
-                            "x-ratelimit-reset-requests": reset})
-        tokens = [(s.tokens_remaining(l.tpm), l.tpm) for s, l in pairs if l.tpm is not None]
-        if tokens:
-            remaining, limit = min(tokens)
-            headers.update({"x-ratelimit-limit-tokens": str(limit), "x-ratelimit-remaining-tokens": str(remaining),
-                            "x-ratelimit-reset-tokens": reset})
+        if requests is None and tokens is None:
+            return headers
+        reset = format_reset(reset_seconds(self.clock() if now is None else now))
+        if requests is not None:
+            headers["x-ratelimit-limit-requests"] = str(requests[1])
+            headers["x-ratelimit-remaining-requests"] = str(requests[0])
+            headers["x-ratelimit-reset-requests"] = reset
+        if tokens is not None:
+            headers["x-ratelimit-limit-tokens"] = str(tokens[1])
+            headers["x-ratelimit-remaining-tokens"] = str(tokens[0])
+            headers["x-ratelimit-reset-tokens"] = reset
         return headers
 
     def status(self, key, agent):
@@ -381,7 +392,7 @@ class RateLimits:
 
 def reset_seconds(now):
     """Whole seconds until the current minute ends (1 to 60)."""
-    return max(1, math.ceil((int(now // WINDOW) + 1) * WINDOW - now))
+    return max(1, math.ceil(WINDOW - now % WINDOW))
 
 
 def format_reset(seconds):

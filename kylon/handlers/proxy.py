@@ -3,8 +3,8 @@ glue around the pieces of kylon/calls that decide (relaying the answer to
 the client is its mixin, handlers/answer.py).
 
 The order of a call: find the provider and route → authenticate the Kylon key
-→ admission (path, method, configuration, gate, credits, size) → read and
-check the body → hold the call's likely cost → forward with the operator's
+→ admission (path, method, configuration, gate, credits, size, rate limits)
+→ read and check the body → hold the call's likely tokens (tpm limits) and cost → forward with the operator's
 credential → relay the answer as it arrives while the meter reads usage →
 classify the outcome → the usage record. Every call that got past
 authentication leaves exactly one usage record, whatever happens after, but
