@@ -4,9 +4,10 @@ the client is its mixin, handlers/answer.py).
 
 The order of a call: find the provider and route → authenticate the Kylon key
 → admission (path, method, configuration, gate, credits, size, rate limits)
-→ read and check the body → hold the call's likely tokens (tpm limits) and cost → forward with the operator's
-credential → relay the answer as it arrives while the meter reads usage →
-classify the outcome → the usage record. Every call that got past
+→ read and check the body → hold the call's likely tokens (tpm limits) and
+cost → forward with the operator's credential → relay the answer as it
+arrives while the meter reads usage → classify the outcome → the usage
+record. Every call that got past
 authentication leaves exactly one usage record, whatever happens after, but
 for a body the HTTP layer refuses as malformed (counted instead).
 
