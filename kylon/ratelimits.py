@@ -81,7 +81,9 @@ class Subject:
         if self.window != window:
             self.window = self.last_window = window
             self.requests_left = self.tokens_left = 0  # claimed and not spent (tokens below 0: owed)
-            self.requests_out = self.tokens_out = False  # the store has no more to give this minute
+            # The limit at which the store had no more to give this minute (0:
+            # not out); a limit changed since gets another claim.
+            self.requests_out = self.tokens_out = 0
             self.store_requests = self.store_tokens = 0  # all processes' claims, as of this one's last
 
     def requests_remaining(self, limit):
@@ -162,11 +164,11 @@ class RateLimits:
                 return self.refusal(pairs, subject, limits, "concurrency", now)
             want_requests = want_tokens = 0
             if limits.rpm is not None and subject.requests_left < 1:
-                if subject.requests_out:
+                if subject.requests_out == limits.rpm:
                     return self.refusal(pairs, subject, limits, "rpm", now)
                 want_requests = lease_block(limits.rpm)
             if limits.tpm is not None and subject.tokens_left < 1:
-                if subject.tokens_out:
+                if subject.tokens_out == limits.tpm:
                     return self.refusal(pairs, subject, limits, "tpm", now)
                 want_tokens = lease_block(limits.tpm) - subject.tokens_left
             if want_requests or want_tokens:
@@ -201,7 +203,7 @@ class RateLimits:
                 continue
             subject.roll(window)
             if subject.tokens_left < tokens:
-                if tokens > limits.tpm or subject.tokens_out:
+                if tokens > limits.tpm or subject.tokens_out == limits.tpm:
                     return self.refusal(ticket.pairs, subject, limits, "tpm", now, tokens)
                 needs = needs or []
                 needs.append((subject, limits, 0, max(lease_block(limits.tpm), tokens) - subject.tokens_left))
@@ -260,9 +262,9 @@ class RateLimits:
                 subject.tokens_left += granted_tokens
                 subject.store_requests, subject.store_tokens = total_requests, total_tokens
                 if granted_requests < want_requests:
-                    subject.requests_out = True
+                    subject.requests_out = rpm
                 if granted_tokens < want_tokens:
-                    subject.tokens_out = True
+                    subject.tokens_out = tpm
         finally:
             future, subject.claiming = subject.claiming, None
             future.set_result(None)

@@ -87,6 +87,20 @@ def test_two_processes_share_one_minute_of_requests_then_it_resets(store):
     assert status["agent"] == {"rpm": None, "tpm": None, "concurrency": None}
 
 
+def test_a_limit_raised_within_the_minute_applies_to_the_next_call(store):
+    limits = RateLimits(store, "a", clock=Clock())
+    key, agent = key_and_agent(Limits(rpm=2))
+
+    async def run(n):
+        return [await limits.admit(key, agent) for _ in range(n)]
+
+    assert admitted(asyncio.run(run(3))) == 2
+    key.limits = Limits(rpm=4)
+    assert admitted(asyncio.run(run(3))) == 2
+    key.limits = Limits(rpm=1)  # lowered: what is already used counts
+    assert admitted(asyncio.run(run(1))) == 0
+
+
 def test_leases_leave_at_most_a_block_unused_per_process(store):
     """rpm 100: leases of 5. One process spends 3 of its lease, the other
     still gets the rest: 97 + 3 = 100 admitted, none beyond."""
