@@ -7,9 +7,9 @@ The order of a call: find the provider and route → authenticate the Kylon key
 → read and check the body → hold the call's likely tokens (tpm limits) and
 cost → forward with the operator's credential → relay the answer as it
 arrives while the meter reads usage → classify the outcome → the usage
-record. Every call that got past
-authentication leaves exactly one usage record, whatever happens after, but
-for a body the HTTP layer refuses as malformed (counted instead).
+record. Every call that got past authentication leaves exactly one usage
+record, whatever happens after, but for a body the HTTP layer refuses as
+malformed (counted instead).
 
 A provider's own handlers (Gemini's uploads) subclass this one and override
 its hooks: `authenticate`, `shape_response_headers`, `error_headers`; a call
@@ -32,7 +32,7 @@ from ..calls.record import CallState, build_record
 from ..meter import ResponseMeter, settle_usage
 from ..models import UsageStatus, utcnow
 from ..providers import Exchange
-from ..ratelimits import Claim, rate_limited
+from ..ratelimits import Claim, Ticket, rate_limited
 from ..server import refused_as_malformed
 from .answer import AnswerRelay
 from .base import BaseHandler
@@ -117,8 +117,10 @@ class ProxyHandler(AnswerRelay, BaseHandler):
             ticket = rates.admit_now(key, agent)
             if isinstance(ticket, Claim):
                 ticket = await rates.admit(key, agent)
-                if self.call.recorded and not isinstance(ticket, Refusal):
-                    return rates.end(ticket, 0)  # the client left meanwhile
+                if self.call.recorded:  # the client left meanwhile
+                    if isinstance(ticket, Ticket):
+                        rates.end(ticket, 0)
+                    return
             if isinstance(ticket, Refusal):
                 return self.reject(ticket)
             self.rate = ticket
