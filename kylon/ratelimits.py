@@ -366,10 +366,14 @@ class RateLimits:
             # Idle for two minutes, nothing running: its state is worth nothing.
             if subject.running == 0 and subject.claiming is None and (subject.last_window or 0) < window - 1:
                 del self.subjects[name]
+        if not self.subjects:
+            return  # no limit in use here: no work for the store
         running = {s.name: s.running for s in self.subjects.values() if s.concurrency is not None}
         stale_after = max(3 * self.refresh_seconds, 5)
         # Minutes past are dropped from the store once a minute.
         clean, self._cleaned = (window if self._cleaned != window else None), window
+        if not running and clean is None:
+            return
         elsewhere = await self.store.publish(self.process_id, running, stale_after, clean)
         for subject in self.subjects.values():
             if subject.concurrency is not None:
