@@ -21,7 +21,7 @@ from .test_openai_e2e import MESSAGES
 RESET = re.compile(r"^([0-9]|[1-5][0-9])s$|^1m0s$")
 
 
-def avoid_minute_boundary(seconds_needed=8):
+def avoid_minute_boundary(seconds_needed=10):
     """Windows are clock minutes: a test counting calls in one minute starts
     where the minute has time enough left."""
     left = 60 - time.time() % 60
@@ -56,9 +56,9 @@ def counter(text, name, **labels):
 
 
 def test_key_rpm_with_openai_sdk(kylon, fake_openai):
-    avoid_minute_boundary()
     agent, key = limited_key(kylon, rpm_limit=3)
     before = metrics_text(kylon)
+    avoid_minute_boundary()
     for remaining in (2, 1, 0):
         raw = chat(kylon, key["key"])
         assert raw.headers["x-ratelimit-limit-requests"] == "3"
@@ -87,9 +87,9 @@ def test_key_rpm_with_openai_sdk(kylon, fake_openai):
 
 
 def test_a_limited_key_stops_while_the_agents_other_key_goes_on(kylon):
-    avoid_minute_boundary()
     agent, limited = limited_key(kylon, rpm_limit=1)
     other = kylon.create_key(agent["id"])
+    avoid_minute_boundary()
     assert chat(kylon, limited["key"]).http_response.status_code == 200
     with pytest.raises(openai.RateLimitError):
         chat(kylon, limited["key"])
@@ -100,11 +100,11 @@ def test_a_limited_key_stops_while_the_agents_other_key_goes_on(kylon):
 
 
 def test_agent_rpm_with_anthropic_sdk(kylon):
-    avoid_minute_boundary()
     agent = kylon.create_agent("100")
     assert kylon.admin("PATCH", f"/agents/{agent['id']}", json={"rpm_limit": 2}).status_code == 200
     keys = [kylon.create_key(agent["id"])["key"] for _ in range(2)]
     client = [anthropic.Anthropic(base_url=kylon.url + "/proxy/anthropic", api_key=k, max_retries=0) for k in keys]
+    avoid_minute_boundary()
     for c in client:  # the agent's limit counts both keys' calls
         c.messages.create(model="claude-sonnet-4-5", max_tokens=20, messages=MESSAGES)
     with pytest.raises(anthropic.RateLimitError) as err:
@@ -118,8 +118,8 @@ def test_agent_rpm_with_anthropic_sdk(kylon):
 def test_tpm_counts_the_hold_then_the_usage(kylon):
     """tpm 60: a call holds its input estimate + max_tokens (~41 here) while
     it runs and then counts its usage (9 + 12 = 21 from the fake)."""
-    avoid_minute_boundary()
     agent, key = limited_key(kylon, tpm_limit=60)
+    avoid_minute_boundary()
     raw = chat(kylon, key["key"], max_tokens=20)
     assert raw.headers["x-ratelimit-limit-tokens"] == "60"
     held = 60 - int(raw.headers["x-ratelimit-remaining-tokens"])  # the hold counts while it runs
@@ -163,7 +163,6 @@ def test_concurrency_limit_against_held_streams(kylon, fake_openai):
 
 
 def test_two_hundred_parallel_calls_at_rpm_10_let_exactly_10_through(kylon):
-    avoid_minute_boundary()
     agent, key = limited_key(kylon, rpm_limit=10)
     client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))
 
@@ -172,6 +171,7 @@ def test_two_hundred_parallel_calls_at_rpm_10_let_exactly_10_through(kylon):
                            headers={"Authorization": f"Bearer {key['key']}"},
                            json={"model": "gpt-4o-mini", "messages": MESSAGES}).status_code
 
+    avoid_minute_boundary()
     with concurrent.futures.ThreadPoolExecutor(200) as pool:
         statuses = list(pool.map(call, range(200)))
     assert statuses.count(200) == 10 and statuses.count(429) == 190
@@ -207,9 +207,9 @@ def test_two_hundred_parallel_streams_at_concurrency_5(kylon, fake_openai):
 
 
 def test_gemini_cerebras_and_elevenlabs_sdks_see_rate_limit_errors(kylon):
-    avoid_minute_boundary()
     agent = kylon.create_agent("100", skills=["elevenlabs"])
     keys = [kylon.create_key(agent["id"], rpm_limit=1)["key"] for _ in range(3)]
+    avoid_minute_boundary()
 
     gemini = genai.Client(api_key=keys[0], http_options={"base_url": kylon.url + "/proxy/gemini"})
     gemini.models.generate_content(model="gemini-2.5-flash", contents="Hi")
@@ -236,8 +236,8 @@ def test_gemini_cerebras_and_elevenlabs_sdks_see_rate_limit_errors(kylon):
 
 
 def test_a_limit_change_applies_to_the_next_call(kylon):
-    avoid_minute_boundary()
     agent, key = limited_key(kylon, rpm_limit=1)
+    avoid_minute_boundary()
     chat(kylon, key["key"])
     with pytest.raises(openai.RateLimitError):
         chat(kylon, key["key"])

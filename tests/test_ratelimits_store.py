@@ -260,8 +260,8 @@ def test_kylon_serves_and_limits_when_redis_is_away(make_kylon):
     from .test_ratelimits import avoid_minute_boundary, counter, limited_key, metrics_text
 
     k = make_kylon({"KYLON_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})  # nothing listens there
-    avoid_minute_boundary()
     agent, key = limited_key(k, rpm_limit=2)
+    avoid_minute_boundary()
     client = openai.OpenAI(base_url=k.url + "/proxy/openai/v1", api_key=key["key"], max_retries=0)
     for _ in range(2):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -277,8 +277,8 @@ def test_kylon_counts_in_redis(make_kylon, redis_server):
     from .test_ratelimits import avoid_minute_boundary, counter, limited_key, metrics_text
 
     k = make_kylon({"KYLON_REDIS_URL": redis_server.url})
-    avoid_minute_boundary()
     agent, key = limited_key(k, rpm_limit=2)
+    avoid_minute_boundary()
     statuses = [httpx.post(k.url + "/proxy/openai/v1/chat/completions", timeout=10,
                            headers={"Authorization": f"Bearer {key['key']}"},
                            json={"model": "gpt-4o-mini", "messages": MESSAGES}).status_code for _ in range(3)]
