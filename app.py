@@ -30,6 +30,7 @@ from kylon.gates import seed_gates
 from kylon.handlers.admin_api import token_hash
 from kylon.models import Setting, open_database
 from kylon.providers import load_providers, secret_query_params
+from kylon.ratelimits import DatabaseStore, RateLimits, RedisStore
 from kylon.server import KylonHTTPServer
 from kylon.services import Services
 from kylon.settings import Settings
@@ -129,6 +130,10 @@ async def serve(settings):
     services.responses = ResponseBindings(worker, balances, pricebook, providers["openai"], settings,
                                           services.open_calls)
     await services.responses.load_pending()
+    rate_store = DatabaseStore(worker)
+    if settings.redis_url:
+        rate_store = RedisStore(settings.redis_url, rate_store)
+    services.ratelimits = RateLimits(rate_store, cache.process_id, settings.cache_refresh_seconds)
 
     app = make_app(services, cookie_secret)
     server = KylonHTTPServer(
@@ -141,6 +146,7 @@ async def serve(settings):
     )
     server.listen(settings.port, settings.host)
     cache.start()
+    services.ratelimits.start()
     # Other processes' price changes: the admin handlers reload at once after their own.
     prices_task = repeat(settings.cache_refresh_seconds, lambda: pricebook.reload(worker), "price reload")
     writer.start()
@@ -184,6 +190,7 @@ async def shutdown(server, services):
         await asyncio.sleep(0.05)
     services.cache.stop()
     await services.responses.close()
+    await services.ratelimits.stop()
     written = await services.writer.close()
     services.db.close()
     services.access_log.flush()

@@ -76,6 +76,27 @@ MALFORMED = Counter(
     "Transfer-Encoding, bad chunk sizes), by provider; they leave no usage record.",
     ["provider"],
 )
+RATE_LIMITED = Counter(
+    "kylon_rate_limited_total",
+    "Proxy calls refused with 429 for a rate limit, by the limit that ran out (rpm, tpm, concurrency) "
+    "and whose it was (key, agent); also counted in kylon_rejected_requests_total{reason=\"rate_limit\"}.",
+    ["limit", "subject"],
+)
+RATE_CLAIMS = Counter(
+    "kylon_ratelimit_claims_total",
+    "Leases of requests and tokens claimed from the shared rate-limit store, by the store that granted "
+    "them (database, redis).",
+    ["store"],
+)
+RATE_STORE_FAILURES = Counter(
+    "kylon_ratelimit_store_failures_total",
+    "Rate-limit claims the shared store could not answer: the process then counted alone, from the "
+    "totals it last saw.",
+)
+RATE_STORE_FALLBACKS = Counter(
+    "kylon_ratelimit_store_fallbacks_total",
+    "Rate-limit store operations the database served because Redis (KYLON_REDIS_URL) did not answer.",
+)
 USAGE_PENDING = Gauge(
     "kylon_usage_records_pending",
     "Usage records waiting to be written to the database.",

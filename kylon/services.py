@@ -25,6 +25,7 @@ class Services:
     access_log: object = None  # accesslog.AccessLog
     # Stored responses' owners and background charges (responses.ResponseBindings).
     responses: object = None
+    ratelimits: object = None  # ratelimits.RateLimits
     # Every request header a provider takes a Kylon key from: none goes upstream.
     key_headers: frozenset = frozenset()
 

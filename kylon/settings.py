@@ -68,6 +68,8 @@ class Settings:
     webhook_retry_seconds: float = 5.0
     webhook_max_attempts: int = 6
     webhook_timeout: float = 10.0
+    # Shared rate-limit counters in Redis instead of the database (optional).
+    redis_url: str | None = None
     env: dict = field(default_factory=dict)
 
     @classmethod
@@ -101,5 +103,6 @@ class Settings:
             webhook_retry_seconds=_float(env, "KYLON_WEBHOOK_RETRY_SECONDS", 5),
             webhook_max_attempts=_int(env, "KYLON_WEBHOOK_MAX_ATTEMPTS", 6),
             webhook_timeout=_float(env, "KYLON_WEBHOOK_TIMEOUT", 10),
+            redis_url=env.get("KYLON_REDIS_URL") or None,
             env=env,
         )

@@ -29,6 +29,9 @@ class Refusal(NamedTuple):
     message: str
     # The label of kylon_rejected_requests_total.
     reason: str = "bad_request"
+    # Not a field: headers of the answer besides the usual ones, which a
+    # subclass sets (ratelimits.RateRefusal: Retry-After, x-ratelimit-*).
+    headers = None
 
     @property
     def code(self):

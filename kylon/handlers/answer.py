@@ -31,6 +31,10 @@ class AnswerRelay:
         copy_response_headers(self._headers, headers, self.provider.drop_response_headers)
         self.set_header("x-kylon-request-id", self.request_id)
         self.set_header("X-Accel-Buffering", "no")
+        if self.rate is not None:
+            # Kylon's own limits on the key and agent, in place of the operator account's.
+            for name, value in self.services.ratelimits.headers(self.rate.pairs).items():
+                self._headers[name] = value
         self.streaming = "text/event-stream" in (headers.get("Content-Type") or "")
         if self.streaming:
             metrics.child(metrics.ACTIVE_STREAMS, self.provider.name).inc()

@@ -3,10 +3,11 @@ glue around the pieces of kylon/calls that decide (relaying the answer to
 the client is its mixin, handlers/answer.py).
 
 The order of a call: find the provider and route → authenticate the Kylon key
-→ admission (path, method, configuration, gate, credits, size; the allowed
-models once the model is known) → read and check the body → hold the call's likely cost → forward with the operator's
-credential → relay the answer as it arrives while the meter reads usage →
-classify the outcome → the usage record. Every call that got past
+→ admission (path, method, configuration, gate, credits, size, rate limits;
+the allowed models once the model is known) → read and check the body →
+hold the call's likely tokens (tpm limits) and cost → forward with the
+operator's credential → relay the answer as it arrives while the meter reads
+usage → classify the outcome → the usage record. Every call that got past
 authentication leaves exactly one usage record, whatever happens after, but
 for a body the HTTP layer refuses as malformed (counted instead).
 
@@ -31,6 +32,7 @@ from ..calls.record import CallState
 from ..meter import ResponseMeter, settle_usage
 from ..models import UsageStatus, utcnow
 from ..providers import Exchange
+from ..ratelimits import Claim, Ticket, rate_limited
 from ..server import refused_as_malformed
 from .answer import AnswerRelay
 from .base import BaseHandler
@@ -52,6 +54,7 @@ class ProxyHandler(RecordedCall, AnswerRelay, BaseHandler):
         self.provider = None
         self.exchange = None
         self.call = None  # calls.record.CallState, once authenticated
+        self.rate = None  # ratelimits.Ticket, once admitted under a rate limit
         self.upstream = None  # relay.UpstreamCall, once under way
         self.meter = None
         self.client_gone = False
@@ -107,6 +110,20 @@ class ProxyHandler(RecordedCall, AnswerRelay, BaseHandler):
         refusal = self.check_path_model(route, path)
         if refusal is not None:
             return self.reject(refusal)
+        # Rate limits, after the checks above: a call they refuse anyway
+        # spends none of the minute's requests.
+        if rate_limited(key.limits) or rate_limited(agent.limits):
+            rates = services.ratelimits
+            ticket = rates.admit_now(key, agent)
+            if isinstance(ticket, Claim):
+                ticket = await rates.admit(key, agent)
+                if self.call.recorded:  # the client left meanwhile
+                    if isinstance(ticket, Ticket):
+                        rates.end(ticket, 0)
+                    return
+            if isinstance(ticket, Refusal):
+                return self.reject(ticket)
+            self.rate = ticket
         # Kylon's own check (data_received) answers 413; Tornado's guard, set
         # higher, only catches a single chunk far beyond the limit (with a 400).
         self.request.connection.set_max_body_size(2 * limit)
@@ -235,7 +252,12 @@ class ProxyHandler(RecordedCall, AnswerRelay, BaseHandler):
         refusal = self.check_model()  # the model is known now, from the body or the path
         if refusal is not None:
             return self.reject(refusal)
-        refusal = self.hold_credits(self.provider.hold_usage(exchange))
+        hold = provider.hold_usage(exchange)
+        if self.rate is not None:
+            refusal = await self.hold_tokens(hold)
+            if refusal is not None:
+                return self.reject(refusal)
+        refusal = self.hold_credits(hold)
         if refusal is not None:
             return self.reject(refusal)
         self.services.writer.open_call(self.call)  # journaled before anything goes upstream
@@ -255,6 +277,16 @@ class ProxyHandler(RecordedCall, AnswerRelay, BaseHandler):
     def read_json(self, body):
         """(the body to send, None) or (None, Refusal): see admission.read_request."""
         return admission.read_request(self.provider, self.exchange, body)
+
+    async def hold_tokens(self, hold):
+        """The tokens the call may use count against its tokens-a-minute
+        limits while it runs (replaced by its usage in record()); a Refusal
+        when a limit has not that many left."""
+        rates = self.services.ratelimits
+        refusal = rates.hold_now(self.rate, hold.input_tokens + hold.output_tokens)
+        if isinstance(refusal, Claim):
+            refusal = await rates.hold(self.rate, hold.input_tokens + hold.output_tokens)
+        return refusal
 
     async def call_upstream(self, method, url, headers, body, on_headers, on_chunk):
         """One upstream call with Kylon's time-outs, kept in self.upstream so

@@ -22,6 +22,8 @@ log = logging.getLogger("kylon.proxy")
 class RecordedCall:
     # Messages for key-lookup failures of a subclass's own (see admission.key_refusal).
     key_refusal_messages = None
+    # ratelimits.Ticket of a call admitted under a rate limit (the proxy's).
+    rate = None
 
     async def admit_key(self):
         """(KeyEntry, AgentEntry) of the call's Kylon key, or None once the
@@ -59,7 +61,7 @@ class RecordedCall:
         """Refuse an authenticated call before it goes upstream; it is recorded."""
         metrics.child(metrics.REJECTED, self.provider.name, refusal.reason).inc()
         if send:
-            self.send_kylon_error(refusal.status, refusal.message, refusal.code)
+            self.send_kylon_error(refusal.status, refusal.message, refusal.code, refusal.headers)
         self.record(UsageStatus.REJECTED, refusal.status, Usage(), error=refusal.message)
 
     def price(self):
@@ -79,8 +81,9 @@ class RecordedCall:
             call.held = hold
         return refusal
 
-    def release(self, call):
-        """The call is over: its hold goes back, it is no longer open."""
+    def release(self, call, used_tokens=0):
+        """The call is over: its hold goes back, it is no longer open, its
+        rate-limit counters have the tokens it used instead of its hold."""
         call.recorded = True
         self.services.open_calls.discard(self)
         if call.held:
@@ -88,13 +91,15 @@ class RecordedCall:
             if call.key_balance is not None:
                 call.key_balance.release(call.held)
             call.held = 0
+        if self.rate is not None:
+            self.services.ratelimits.end(self.rate, used_tokens)
 
     def record(self, status, http_status, usage, error=""):
         """The call's one usage record, priced and handed to the batch writer."""
         call = self.call
         if call is None or call.recorded:
             return
-        self.release(call)
+        self.release(call, usage.input_tokens + usage.output_tokens)
         services = self.services
         upstream_id = upstream_request_id(self.provider, self.exchange.response_headers)
         record, observations = build_record(

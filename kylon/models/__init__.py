@@ -18,11 +18,12 @@ from .rollup import UsageRollup
 from .controls import AuditEntry, Webhook
 from .responses import ResponseBinding
 from .alerts import AlertEvent, WebhookAttempt, WebhookDelivery
+from .ratelimit import RateRunning, RateWindow
 
 ALL_MODELS = [
     Agent, AgentSkill, ApiKey, CreditLedger, Gate, UsageRecord, PriceOverride, Setting, UploadSession,
     CreditHold, KeyHold, UsageRollup, AuditEntry, Webhook, ResponseBinding, AlertEvent, WebhookDelivery,
-    WebhookAttempt,
+    WebhookAttempt, RateWindow, RateRunning,
 ]
 
 
