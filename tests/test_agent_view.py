@@ -37,22 +37,34 @@ def test_the_figures_right_after_calls(kylon):
     assert answer.status_code == 200, answer.text
     shown = answer.json()
     balance = f"{Decimal('10') - 2 * CALL:.9f}"
-    assert shown["agent"] == {
+    agent_rates, key_rates = shown["agent"]["rate_limits"], shown["key"]["rate_limits"]
+    assert {k: v for k, v in shown["agent"].items() if k != "rate_limits"} == {
         "id": agent["id"], "name": agent["name"], "balance": balance, "held": "0.000000000", "available": balance,
         "skills": ["chat", "images"], "allowed_models": ["gpt-4o*"],
-        "rate_limits": {"rpm": {"limit": 100}, "tpm": {"limit": None}, "concurrency": {"limit": 4}},
     }
-    assert shown["key"] == {
+    # What is left of each limit this minute, and when it resets.
+    assert agent_rates["rpm"]["limit"] == 100 and agent_rates["rpm"]["remaining"] == 98
+    assert 0 < agent_rates["rpm"]["resets_in_seconds"] <= 60 and agent_rates["rpm"]["resets_at"].endswith(":00Z")
+    assert agent_rates["concurrency"] == {"limit": 4, "running": 0, "remaining": 4}
+    assert agent_rates["tpm"] is None and key_rates["rpm"] is None and key_rates["concurrency"] is None
+    assert key_rates["tpm"]["limit"] == 5000 and key_rates["tpm"]["remaining"] < 5000
+    assert {k: v for k, v in shown["key"].items() if k != "rate_limits"} == {
         "id": key["id"], "name": "worker", "prefix": key["key"][:12], "expires_at": None,
         "credit_limit": "0.001000000", "limit_reset": "daily", "spent_this_period": f"{2 * CALL:.9f}",
         "held": "0.000000000", "remaining": f"{Decimal('0.001') - 2 * CALL:.9f}",
         "period_start": today(), "resets_at": tomorrow(), "allowed_models": ["gpt-4o-mini"],
-        "rate_limits": {"rpm": {"limit": None}, "tpm": {"limit": 5000}, "concurrency": {"limit": None}},
     }
     # The same through x-api-key, and through the openai SDK's low-level get.
-    assert view(kylon, key["key"], "x-api-key").json() == shown
+    def steady(view):  # the seconds to the reset move on between reads
+        for side in ("agent", "key"):
+            for limit in view[side]["rate_limits"].values():
+                if limit is not None:
+                    limit.pop("resets_in_seconds", None)
+                    limit.pop("resets_at", None)
+        return view
+    assert steady(view(kylon, key["key"], "x-api-key").json()) == steady(shown)
     sdk = openai.OpenAI(base_url=kylon.url + "/proxy/kylon/v1", api_key=key["key"], max_retries=0)
-    assert sdk.get("/key", cast_to=object) == shown
+    assert steady(sdk.get("/key", cast_to=object)) == shown
     # Free: no usage record, nothing billed.
     time.sleep(0.3)
     assert len(kylon.admin("GET", "/usage", params={"agent_id": agent["id"]}).json()["data"]) == 2

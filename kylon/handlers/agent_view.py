@@ -21,8 +21,6 @@ from .base import BaseHandler
 
 log = logging.getLogger("kylon.agent_view")
 
-RATE_NAMES = ("rpm", "tpm", "concurrency")
-
 
 def credits(value):
     return None if value is None else f"{value.quantize(NANO_QUANTUM):f}"
@@ -30,11 +28,6 @@ def credits(value):
 
 def moment(value):
     return None if value is None else value.isoformat() + "Z"
-
-
-def configured_rates(limits):
-    """The rate limits as configured (controls.Limits), when no rate limiter tells what is left."""
-    return {name: {"limit": getattr(limits, name)} for name in RATE_NAMES}
 
 
 class AgentViewHandler(BaseHandler):
@@ -48,12 +41,8 @@ class AgentViewHandler(BaseHandler):
         if key is None:
             return await self.refuse_key(reason=agent)
         balance = services.balances.of(agent.agent_id)
-        # The rate limiter's own view when there is one (what is left, when it resets).
-        ratelimits = getattr(services, "ratelimits", None)
-        if ratelimits is not None:
-            rates = ratelimits.status(key, agent)
-        else:
-            rates = {"agent": configured_rates(agent.limits), "key": configured_rates(key.limits)}
+        # What is left of each rate limit, and when it resets.
+        rates = services.ratelimits.status(key, agent)
         self.write_json({
             "agent": {
                 "id": agent.agent_id,
