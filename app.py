@@ -14,6 +14,7 @@ import re
 import resource
 import secrets
 import signal
+import ssl
 import sys
 
 from kylon import relay
@@ -86,6 +87,15 @@ def raise_open_file_limit():
             log.warning("could not raise the open-file limit above %d", soft)
 
 
+def tls_context(settings):
+    """An SSL context when Kylon serves HTTPS itself (KYLON_TLS_CERT_FILE), else None."""
+    if not settings.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
+    return context
+
+
 async def serve(settings):
     raise_open_file_limit()
     providers = load_providers(settings.env)
@@ -118,6 +128,7 @@ async def serve(settings):
     app = make_app(services, cookie_secret)
     server = KylonHTTPServer(
         app,
+        ssl_options=tls_context(settings),
         xheaders=settings.xheaders,
         max_body_size=settings.max_body_bytes,
         client_idle_timeout=settings.client_idle_timeout,
@@ -133,7 +144,8 @@ async def serve(settings):
     gc.collect()
     gc.freeze()
     configured = ", ".join(p.name for p in providers.values() if p.configured) or "none"
-    log.info("Kylon listening on http://%s:%d (providers configured: %s; event loop %s)", settings.host,
+    log.info("Kylon listening on %s://%s:%d (providers configured: %s; event loop %s)",
+             "https" if settings.tls_cert_file else "http", settings.host,
              settings.port, configured, type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     stop = asyncio.Event()

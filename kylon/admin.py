@@ -248,7 +248,8 @@ def revoke_key(key_id):
 USAGE_FIELDS = (
     "request_id agent_id key_id provider route model stream status http_status input_tokens "
     "cached_input_tokens cache_write_tokens output_tokens reasoning_tokens unit units credits "
-    "estimated fallback_price error upstream_request_id started_at duration_ms ttfb_ms"
+    "estimated fallback_price error upstream_request_id started_at duration_ms ttfb_ms "
+    "client_frames upstream_frames"
 ).split()
 
 

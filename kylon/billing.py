@@ -16,7 +16,7 @@ has: a rate left None bills its tokens as the wider count's.
 import calendar
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -183,6 +183,27 @@ class Usage:
     @property
     def file_searches(self):
         return self.tool_calls.get("file_search", 0) if self.tool_calls else 0
+
+
+def added(a: Usage, b: Usage) -> Usage:
+    """The usage of two parts of one call together (a WebSocket session's
+    turns): counts and reported costs summed, tool calls merged, a flag or a
+    name kept from either."""
+    values = {}
+    for f in fields(Usage):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, bool) or isinstance(x, str):
+            values[f.name] = x or y
+        elif f.name == "tool_calls":
+            merged = dict(x or {})
+            for name, count in (y or {}).items():
+                merged[name] = merged.get(name, 0) + count
+            values[f.name] = merged or None
+        elif x is None or y is None:
+            values[f.name] = y if x is None else x
+        else:
+            values[f.name] = x + y
+    return Usage(**values)
 
 
 def credits_for(usage: Usage, price: Price) -> Decimal:

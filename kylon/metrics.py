@@ -30,6 +30,16 @@ ACTIVE_STREAMS = Gauge(
     "Streamed answers being relayed right now.",
     ["provider"],
 )
+OPEN_SOCKETS = Gauge(
+    "kylon_open_websockets",
+    "WebSocket sessions being relayed right now.",
+    ["provider"],
+)
+SOCKET_FRAMES = Counter(
+    "kylon_websocket_frames_total",
+    "WebSocket messages relayed, by direction (client: sent by the client; upstream: by the provider).",
+    ["provider", "route", "direction"],
+)
 CLIENT_DISCONNECTS = Counter(
     "kylon_client_disconnects_total",
     "Calls whose client went away before the answer ended (the upstream was stopped).",

@@ -48,6 +48,10 @@ class Settings:
     bad_key_free_failures: int = 10
     # Forwarded client addresses are trusted only from these proxies (nginx).
     xheaders: bool = False
+    # Serve HTTPS (and wss://) with this certificate chain and key, both PEM
+    # files: google-genai's Live API always connects with wss://.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # The asyncio loop under Tornado: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
     env: dict = field(default_factory=dict)
@@ -73,6 +77,8 @@ class Settings:
             journal_dir=env.get("KYLON_JOURNAL_DIR") or "kylon-journal",
             bad_key_free_failures=_int(env, "KYLON_BAD_KEY_FREE_FAILURES", 10),
             xheaders=(env.get("KYLON_TRUST_PROXY_HEADERS", "").lower() in ("1", "true", "yes")),
+            tls_cert_file=env.get("KYLON_TLS_CERT_FILE") or "",
+            tls_key_file=env.get("KYLON_TLS_KEY_FILE") or "",
             event_loop=(env.get("KYLON_EVENT_LOOP") or "uvloop").lower(),
             env=env,
         )

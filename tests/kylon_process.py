@@ -3,6 +3,7 @@ kept in a log file, and offers the admin API calls tests need."""
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +26,10 @@ class Kylon:
     def __init__(self, database_url, env=None, name="kylon"):
         os.makedirs(LOG_DIR, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With KYLON_TLS_CERT_FILE Kylon serves HTTPS; its certificate is the one trusted.
+        cert = (env or {}).get("KYLON_TLS_CERT_FILE")
+        self.verify = ssl.create_default_context(cafile=cert) if cert else True
+        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
         self.database_url = database_url
         # Ports come round again: each instance has a log of its own (its
         # restarts append to it), all of them checked for secrets at the end.
@@ -62,7 +66,7 @@ class Kylon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Kylon exited at start:\n{self.read_log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -87,7 +91,8 @@ class Kylon:
     # -- admin API ------------------------------------------------------------
     def admin(self, method, path, **kwargs):
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        return httpx.request(method, self.url + "/admin/api" + path, headers=headers, timeout=10, **kwargs)
+        return httpx.request(method, self.url + "/admin/api" + path, headers=headers, timeout=10, verify=self.verify,
+                             **kwargs)
 
     def create_agent(self, credits="100", skills=(), name=None):
         r = self.admin("POST", "/agents", json={"name": name or f"agent-{uuid.uuid4().hex[:6]}",

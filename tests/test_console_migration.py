@@ -6,7 +6,7 @@ import pytest
 from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate
 
 from kylon import admin, admin_reports
-from kylon.models import Agent, Setting, UsageRollup, open_database
+from kylon.models import SCHEMA_VERSION, Agent, Setting, UsageRollup, open_database
 
 from .conftest import drop_database, scratch_database_url
 
@@ -38,7 +38,7 @@ def test_version_2_database_gets_unique_names_and_rollups(kind, tmp_path_factory
         make_version_2_database(url)
         db = open_database(url)
         try:
-            assert Setting.get(Setting.name == "schema_version").value == "3"
+            assert Setting.get(Setting.name == "schema_version").value == str(SCHEMA_VERSION)
             names = [a.name for a in Agent.select().order_by(Agent.id)]
             assert names == ["twin", "Twin #2", "twin #3", "solo"]
             with pytest.raises(admin.AdminError) as duplicate:

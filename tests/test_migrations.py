@@ -17,7 +17,9 @@ def make_version_1_database(url):
     db = open_database(url)
     try:
         migrator = MySQLMigrator(db) if url.startswith("mysql") else SqliteMigrator(db)
-        migrate(migrator.drop_column("usagerecord", "upstream_request_id"))
+        migrate(migrator.drop_column("usagerecord", "upstream_request_id"),
+                migrator.drop_column("usagerecord", "client_frames"),
+                migrator.drop_column("usagerecord", "upstream_frames"))
         Setting.delete().where(Setting.name == "schema_version").execute()
         db.execute_sql(
             "INSERT INTO usagerecord (request_id, agent_id, provider, route, model, stream, status, input_tokens, "
@@ -44,6 +46,7 @@ def test_older_database_is_upgraded_at_start(kind, tmp_path_factory, make_kylon)
         assert record["upstream_request_id"] == "req_fake_chat"
         old = k.usage("req_old")
         assert old["output_tokens"] == 7 and old["credits"] == "0.000001234" and old["upstream_request_id"] == ""
+        assert old["client_frames"] == 0 and old["upstream_frames"] == 0
         k.stop()
         db = open_database(url)
         try:

@@ -35,6 +35,9 @@ class CallState:
     progress_line: bytes = b""
     progress: object = None  # what the last progress line was written from
     answered: bool = False  # the last progress line is written: the whole answer went out
+    # A WebSocket session's messages: sent by the client, and by the upstream.
+    client_frames: int = 0
+    upstream_frames: int = 0
 
     def __post_init__(self):
         route = self.exchange.route
@@ -81,6 +84,8 @@ def build_record(call, status, http_status, usage, pricebook, now, error="", ups
         "started_at": call.started_at,
         "duration_ms": int((now - call.t0) * 1000),
         "ttfb_ms": None if ttfb is None else int(ttfb * 1000),
+        "client_frames": call.client_frames,
+        "upstream_frames": call.upstream_frames,
     }
     return record, observations
 

@@ -26,14 +26,15 @@ from .. import metrics, relay
 from ..billing import Usage, credits_for
 from ..calls import admission, outcome as outcomes
 from ..calls.admission import Refusal, without_kylon_keys
-from ..calls.headers import upstream_header_pairs, upstream_request_id
-from ..calls.record import CallState, build_record
+from ..calls.headers import upstream_header_pairs
+from ..calls.record import CallState
 from ..meter import ResponseMeter, settle_usage
 from ..models import UsageStatus, utcnow
 from ..providers import Exchange
 from ..server import refused_as_malformed
 from .answer import AnswerRelay
 from .base import BaseHandler
+from .recorded import RecordedCall
 
 log = logging.getLogger("kylon.proxy")
 
@@ -46,10 +47,7 @@ STREAM_BODY_AFTER = 256 * 1024
 
 
 @tornado.web.stream_request_body
-class ProxyHandler(AnswerRelay, BaseHandler):
-    # Messages for key-lookup failures of a subclass's own (see admission.key_refusal).
-    key_refusal_messages = None
-
+class ProxyHandler(RecordedCall, AnswerRelay, BaseHandler):
     def initialize(self):
         self.provider = None
         self.exchange = None
@@ -89,14 +87,10 @@ class ProxyHandler(AnswerRelay, BaseHandler):
             # The HTTP layer refuses it too: counted, never recorded on the key's agent.
             metrics.child(metrics.MALFORMED, provider.name).inc()
             return self.send_kylon_error(refusal.status, refusal.message)
-        try:
-            key, agent = await self.authenticate()
-        except Exception as e:
-            # Only a key not seen before needs the database; known keys keep working.
-            log.warning("key lookup failed: %s", e)
-            return self.send_kylon_error(503, "Kylon cannot check this key right now (database unavailable).")
-        if key is None:
-            return await self.refuse_key(agent)
+        admitted = await self.admit_key()
+        if admitted is None:
+            return
+        key, agent = admitted
         balance = services.balances.of(agent.agent_id)
         self.call = CallState(self.request_id, provider, key, agent, self.exchange, started_at, t0, balance)
         services.open_calls.add(self)
@@ -110,29 +104,6 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         # Kylon's own check (data_received) answers 413; Tornado's guard, set
         # higher, only catches a single chunk far beyond the limit (with a 400).
         self.request.connection.set_max_body_size(2 * limit)
-
-    async def refuse_key(self, reason):
-        """A bad key: 401, answered ever more slowly as one address keeps
-        sending them, 429 while several already wait (the admin token's
-        policy). A good key does not clear the count: one valid key must not
-        buy an address fresh guesses."""
-        metrics.child(metrics.REJECTED, self.provider.name, "key").inc()
-        if await self.throttled_check(self.services.bad_keys, _wrong, admission.BAD_KEYS_THROTTLED) is not None:
-            presented = bool(self.provider.client_key(self.request))
-            refusal = admission.key_refusal(reason, presented, self.key_refusal_messages)
-            self.send_kylon_error(refusal.status, refusal.message)
-
-    async def authenticate(self):
-        """(KeyEntry, AgentEntry) for the call's Kylon key, or (None, reason).
-        A subclass may accept a call that stands on something Kylon issued to
-        a key instead (Gemini's resumable upload sessions)."""
-        return await self.services.cache.lookup(self.provider.client_key(self.request))
-
-    def reject(self, refusal):
-        """Refuse an authenticated call before it goes upstream; it is recorded."""
-        metrics.child(metrics.REJECTED, self.provider.name, refusal.reason).inc()
-        self.send_kylon_error(refusal.status, refusal.message)
-        self.record(UsageStatus.REJECTED, refusal.status, Usage(), error=refusal.message)
 
     def data_received(self, chunk):
         if self._finished:
@@ -216,7 +187,7 @@ class ProxyHandler(AnswerRelay, BaseHandler):
         if refusal is not None:
             return self.reject(Refusal(refusal[0], refusal[1], "provider"))
         body = provider.prepare_request(exchange, body)
-        refusal = self.hold_credits()
+        refusal = self.hold_credits(self.provider.hold_usage(exchange))
         if refusal is not None:
             return self.reject(refusal)
         self.services.writer.open_call(self.call)  # journaled before anything goes upstream
@@ -236,21 +207,6 @@ class ProxyHandler(AnswerRelay, BaseHandler):
     def read_json(self, body):
         """(the body to send, None) or (None, Refusal): see admission.read_request."""
         return admission.read_request(self.provider, self.exchange, body)
-
-    def hold_credits(self):
-        """Hold the most the call may cost while it runs (released in
-        record()); a Refusal when the agent cannot cover it."""
-        call = self.call
-        hold, refusal = admission.check_hold(self.provider.hold_usage(self.exchange), self.price(),
-                                             call.balance.available)
-        if refusal is None:
-            call.balance.hold(hold)
-            call.held = hold
-        return refusal
-
-    def price(self):
-        exchange = self.exchange
-        return self.services.pricebook.price(self.provider.name, exchange.price_model or exchange.model)[0]
 
     async def call_upstream(self, method, url, headers, body, on_headers, on_chunk):
         """One upstream call with Kylon's time-outs, kept in self.upstream so
@@ -323,32 +279,6 @@ class ProxyHandler(AnswerRelay, BaseHandler):
 
     def on_finish(self):
         self.services.open_calls.discard(self)
-
-    def release(self, call):
-        """The call is over: its hold goes back, it is no longer open."""
-        call.recorded = True
-        self.services.open_calls.discard(self)
-        if call.held:
-            call.balance.release(call.held)
-            call.held = 0
-
-    def record(self, status, http_status, usage, error=""):
-        """The call's one usage record, priced and handed to the batch writer."""
-        call = self.call
-        if call is None or call.recorded:
-            return
-        self.release(call)
-        services = self.services
-        upstream_id = upstream_request_id(self.provider, self.exchange.response_headers)
-        record, observations = build_record(
-            call, status, http_status, usage, services.pricebook, time.monotonic(), error or "", upstream_id
-        )
-        metrics.observe(observations)
-        services.writer.add(record)
-
-
-def _wrong():
-    return False
 
 
 default_handlers = [(r"/proxy/([^/]+)(/.*)?", ProxyHandler)]

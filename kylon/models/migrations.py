@@ -58,7 +58,16 @@ def _v3_console(migrator):
     rollups.rebuild()
 
 
-STEPS = {2: _v2_upstream_request_id, 3: _v3_console}
+def _v7_frames(migrator):
+    # WebSocket sessions count their messages each way (kylon/handlers/sockets.py).
+    present = {c.name for c in migrator.database.get_columns("usagerecord")}
+    for name in ("client_frames", "upstream_frames"):
+        if name not in present:
+            migrate(migrator.add_column("usagerecord", name, getattr(UsageRecord, name)))
+
+
+# Numbered as released; a number another branch took may be missing here.
+STEPS = {2: _v2_upstream_request_id, 3: _v3_console, 7: _v7_frames}
 SCHEMA_VERSION = max(STEPS)
 
 
@@ -85,7 +94,7 @@ def upgrade(db, all_models):
         done = []
         if version is not None and version < SCHEMA_VERSION:
             migrator = MySQLMigrator(db) if mysql else SqliteMigrator(db)
-            for step in range(version + 1, SCHEMA_VERSION + 1):
+            for step in sorted(s for s in STEPS if s > version):
                 log.info("upgrading the database schema to version %d", step)
                 with db.atomic():
                     STEPS[step](migrator)

@@ -16,6 +16,7 @@ class UsageStatus(enum.StrEnum):
     REJECTED = "rejected"  # refused by Kylon, nothing sent upstream
     ERROR = "error"  # the upstream could not be reached, timed out or broke off
     INTERRUPTED = "interrupted"  # cut by a shutdown
+    OUT_OF_CREDITS = "out_of_credits"  # a WebSocket session closed when it had used the agent's credits
 
 
 class UsageRecord(BaseModel):
@@ -47,6 +48,11 @@ class UsageRecord(BaseModel):
     started_at = peewee.DateTimeField(index=True)
     duration_ms = peewee.IntegerField(default=0)
     ttfb_ms = peewee.IntegerField(null=True)
+    # WebSocket sessions: messages the client sent, and the upstream (0 for
+    # HTTP calls). A default in the schema too: rows written without them
+    # (by a Kylon of before, on a shared database) get 0.
+    client_frames = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    upstream_frames = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
 
     class Meta:
         # An agent's or a key's calls over time (the usage page's filters, the agent page).

@@ -6,7 +6,7 @@ Adding a provider means adding one module here; nothing else lists them.
 import importlib
 import pkgutil
 
-from .base import SECRET_QUERY_PARAMS, Exchange, Provider, Route
+from .base import SECRET_QUERY_PARAMS, Exchange, Provider, Route, SocketRoute
 
 
 def load_providers(env):

@@ -73,6 +73,51 @@ class Route:
 
 
 @dataclass
+class SocketRoute:
+    """One WebSocket API a provider offers. The relay is shared by all of them
+    (kylon/handlers/sockets.py and kylon/relay/websocket.py, docs/websockets.md):
+    the client's Kylon key (`Provider.client_key`: a header or `?key=`), the
+    gate and the credits are checked before the upgrade; frames pass both
+    ways as they arrive, one at a time (a slow side holds the other back);
+    the session holds credits while open, its hold grows with what it has
+    used, and it is closed with code 4402 when that reaches what the agent
+    has; it leaves one usage record (frames each way, duration, usage).
+
+    path: a regular expression matched against the path after `/proxy/<name>`.
+    name: the route's label in usage records and metrics.
+    meter: Exchange -> the session's meter, an object with
+        client_message(message) and upstream_message(message): called with
+        every frame, each way, before it is passed on (a str for a text
+        frame, bytes for a binary one); either may set `exchange.model`;
+        usage(): the session's cumulative billing.Usage so far (None while
+        nothing is known; a new object whenever it changed). Read after
+        every frame and once a second (a meter may bill by time).
+    hold: Exchange -> the Usage held against the balance while the session
+        is open, on top of what it has used (None: nothing beyond its use).
+    upstream_path: Exchange -> the path sent upstream (default: the client's).
+    upstream_query: (Exchange, query) -> the query string sent upstream
+        (default: the provider's `upstream_query`; Kylon keys never go).
+    model_in_first_message: the client's first message names the model
+        (Gemini's setup): the upstream is connected, and the call admitted at
+        the model's price, once that message is in; else right after the upgrade.
+
+    The operator's credential goes upstream as the provider's `auth_headers`
+    say; a provider lists its routes in `socket_routes`.
+    """
+
+    path: str
+    name: str
+    meter: Callable
+    hold: Callable | None = None
+    upstream_path: Callable | None = None
+    upstream_query: Callable | None = None
+    model_in_first_message: bool = False
+
+    def __post_init__(self):
+        self.pattern = re.compile(self.path + r"\Z")
+
+
+@dataclass
 class Exchange:
     """One proxied call as the provider module sees it: what was asked, and
     what has been learnt from the answer so far."""
@@ -133,6 +178,8 @@ class Provider:
     # Response headers from upstream never passed to the client.
     drop_response_headers = ("set-cookie",)
     routes: list = []
+    # WebSocket APIs (SocketRoute), relayed by kylon/handlers/sockets.py.
+    socket_routes: list = []
     # Paths not in `routes` pass through as opaque calls when True (Gemini, ElevenLabs).
     passthrough = False
     prices: dict = {}

@@ -13,17 +13,36 @@ The model name picks a behaviour:
   silent-stream                one chunk, then silence for 30 s (disconnect tests)
 Usage per call: prompt 11 (4 cached), tool-use prompt 2, candidates 7, thoughts 5.
 
+The Live API (`/ws/google.ai.generativelanguage.{v1,v1beta,v1alpha}.GenerativeService.
+BidiGenerateContent`, a WebSocket; the key in `x-goog-api-key`): `setup` →
+`setupComplete`; each turn (clientContent with turnComplete, realtimeInput
+text, or realtimeInput audio then audioStreamEnd) is answered with
+serverContent model-turn parts (text, or inline 24 kHz PCM audio when the
+setup asked for AUDIO), the first carrying usageMetadata of the prompt only,
+then generationComplete, then turnComplete with the turn's full
+usageMetadata (prompt LIVE_PROMPT_TOKENS × the turn's number, as the
+conversation grows; response LIVE_RESPONSE_TOKENS, or LIVE_AUDIO_TOKENS of
+AUDIO). All server messages are binary frames of JSON, as Google's are. A
+turn whose text says "expensive" has a prompt of EXPENSIVE_PROMPT_TOKENS;
+one that says "hang" is never answered; "flood" is answered with FLOOD_FRAMES
+frames of FLOOD_BYTES, each sent once the last is in the socket (Tornado's
+write future), as fast as the reader takes them. Each session is kept in
+`live_sessions` (LiveSession); `close_live()` closes them from the server side.
+
 A test adds usage fields the real API reports only for some calls with an
 `x-fake-usage` header (JSON merged into the usage object; `x-fake-response`
 into the answer, `x-fake-candidate` into Gemini's candidate): see
 RecordingHandler.with_test_fields.
 """
 
-import hashlib
 import base64
+import hashlib
 import json
 import secrets
 import time
+from dataclasses import dataclass, field
+
+import tornado.websocket
 
 from .server import FakeServer, RecordingHandler
 
@@ -240,14 +259,116 @@ class AuthTokens(GeminiHandler):
         self.finish({"name": "auth_tokens/fake-ephemeral-token"})
 
 
+LIVE_PROMPT_TOKENS = 20
+LIVE_RESPONSE_TOKENS = 10
+LIVE_AUDIO_TOKENS = 30
+EXPENSIVE_PROMPT_TOKENS = 100_000
+LIVE_WORDS = ["Hello", " from", " Gemini", " Live!"]
+AUDIO_CHUNK = bytes(range(256)) * 2  # 512 bytes of "PCM" per part
+AUDIO_PARTS = 3
+FLOOD_FRAMES = 400
+FLOOD_BYTES = 256 * 1024
+
+
+@dataclass
+class LiveSession:
+    headers: dict
+    query: str
+    messages: list = field(default_factory=list)  # the client's, parsed
+    setup: dict | None = None
+    frames_sent: int = 0
+    closed_at: float | None = None
+    close_code: int | None = None
+
+
+class Live(tornado.websocket.WebSocketHandler):
+    def initialize(self, fake):
+        self.fake = fake
+        self.session = None
+        self.turns = 0
+        self.audio_chunks = 0
+
+    def prepare(self):
+        if self.request.headers.get("x-goog-api-key") != self.fake.api_key or self.get_query_argument("key", None):
+            self.set_status(400)
+            self.finish(google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+                                     "API_KEY_INVALID"))
+
+    def open(self, version):
+        self.session = LiveSession({k.lower(): v for k, v in self.request.headers.get_all()}, self.request.query)
+        self.fake.live_sessions.append(self.session)
+        self.fake.live_handlers.append(self)
+
+    async def on_message(self, message):
+        body = json.loads(message)
+        self.session.messages.append(body)
+        if "setup" in body:
+            self.session.setup = body["setup"]
+            return await self.send({"setupComplete": {}})
+        content = body.get("clientContent") or body.get("client_content")
+        realtime = body.get("realtimeInput") or body.get("realtime_input")
+        if content is not None and content.get("turnComplete", content.get("turn_complete")):
+            text = " ".join(p.get("text", "") for t in content.get("turns") or [] for p in t.get("parts") or [])
+            return await self.answer(text)
+        if realtime is not None:
+            if realtime.get("text"):
+                return await self.answer(realtime["text"])
+            if realtime.get("audio") or realtime.get("mediaChunks") or realtime.get("media_chunks"):
+                self.audio_chunks += 1
+            if realtime.get("audioStreamEnd") or realtime.get("audio_stream_end"):
+                return await self.answer("", audio_in=True)
+
+    async def answer(self, text, audio_in=False):
+        if "hang" in text:
+            return
+        if "flood" in text:
+            part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "A" * FLOOD_BYTES}}
+            for _ in range(FLOOD_FRAMES):
+                await self.send({"serverContent": {"modelTurn": {"parts": [part]}}})
+            return
+        self.turns += 1
+        prompt = EXPENSIVE_PROMPT_TOKENS if "expensive" in text else LIVE_PROMPT_TOKENS * self.turns
+        modalities = ((self.session.setup or {}).get("generationConfig") or {}).get("responseModalities") or []
+        audio_out = "AUDIO" in modalities
+        if audio_out:
+            parts = [{"inlineData": {"mimeType": "audio/pcm;rate=24000",
+                                     "data": base64.b64encode(AUDIO_CHUNK).decode()}}] * AUDIO_PARTS
+        else:
+            parts = [{"text": word} for word in LIVE_WORDS]
+        for i, part in enumerate(parts):
+            message = {"serverContent": {"modelTurn": {"parts": [part]}}}
+            if i == 0:
+                message["usageMetadata"] = {"promptTokenCount": prompt, "totalTokenCount": prompt}
+            await self.send(message)
+        await self.send({"serverContent": {"generationComplete": True}})
+        response = LIVE_AUDIO_TOKENS if audio_out else LIVE_RESPONSE_TOKENS
+        await self.send({"serverContent": {"turnComplete": True}, "usageMetadata": {
+            "promptTokenCount": prompt, "responseTokenCount": response, "totalTokenCount": prompt + response,
+            "promptTokensDetails": [{"modality": "AUDIO" if audio_in else "TEXT", "tokenCount": prompt}],
+            "responseTokensDetails": [{"modality": "AUDIO" if audio_out else "TEXT", "tokenCount": response}],
+        }})
+
+    async def send(self, message):
+        self.session.frames_sent += 1
+        await self.write_message(json.dumps(message).encode(), binary=True)
+
+    def on_close(self):
+        self.session.closed_at = time.monotonic()
+        self.session.close_code = self.close_code
+
+
 class FakeGemini(FakeServer):
     def __init__(self, api_key="AIza-operator-gemini-secret"):
         self.api_key = api_key
         self.uploads = {}  # upload id -> session
         self.files = {}  # file id -> resource
         self.file_data = {}  # file id -> the bytes uploaded
+        self.live_sessions = []  # LiveSession, in the order they opened
+        self.live_handlers = []
         super().__init__(
             [
+                (r"/ws/google\.ai\.generativelanguage\.(v1|v1beta|v1alpha)\.GenerativeService\.BidiGenerateContent",
+                 Live),
                 (r"/(v1|v1beta)/models", Models),
                 (r"/(v1|v1beta)/models/([^/:]+):(\w+)", ModelCall),
                 (r"/upload/(v1|v1beta)/files", UploadStart),
@@ -257,6 +378,22 @@ class FakeGemini(FakeServer):
                 (r"/(v1|v1beta|v1alpha)/auth(?:_|%5F)tokens", AuthTokens),
             ]
         )
+
+    def reset(self):
+        super().reset()
+        self.live_sessions.clear()
+        self.live_handlers.clear()
+
+    def close_live(self, code=1000, reason="fake closing"):
+        """Close every open Live session from the server side."""
+        for handler in list(self.live_handlers):
+            self.loop.call_soon_threadsafe(handler.close, code, reason)
+
+    def wait_live_closed(self, session, timeout=5.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and session.closed_at is None:
+            time.sleep(0.01)
+        return session.closed_at
 
     def kylon_env(self):
         return {"GEMINI_API_KEY": self.api_key, "KYLON_GEMINI_BASE_URL": self.url}

@@ -10,7 +10,8 @@ uploads and calls that name no model and send no body cost nothing; other
 pass-through calls with a body are estimated like any call without figures.
 
 This package: resumable uploads (`/upload/…`) in uploads.py, Kylon's
-helpers in helpers.py (the understanding routes) and upload_urls.py.
+helpers in helpers.py (the understanding routes) and upload_urls.py, the
+Live API (a WebSocket) in live.py.
 """
 
 import re
@@ -20,7 +21,7 @@ from ...billing import Usage
 from ...gates import CREDENTIALS, UNMETERED
 from ...prices import table
 from ..base import MAX_COPIES, MAX_TOKENS, Provider, Route, integer, json_or_none, member, range_problem
-from . import helpers
+from . import helpers, live
 
 _VERSION = r"/v1(?:beta|alpha)?"
 # `models/{model}:{method}` anywhere in a path (tunedModels are another kind).
@@ -170,6 +171,9 @@ class Gemini(Provider):
         # Kylon's own helpers (the understanding routes are added per instance, below).
         Route(r"/files/upload-urls", "files.upload-urls", rewrite=helpers.check_upload_urls_request),
     ]
+
+    # The Live API (client.aio.live.connect), relayed frame by frame.
+    socket_routes = live.ROUTES
 
     # Credits per million tokens (1 credit = 1 USD), Google's paid-tier list
     # prices: kylon/prices.json, from genai-prices (tiers above 200k prompt
