@@ -13,7 +13,7 @@ from elevenlabs import ElevenLabs
 from elevenlabs.realtime import AudioFormat, CommitStrategy, RealtimeEvents
 
 from kylon.providers.base import Exchange
-from kylon.providers.elevenlabs_realtime import AudioMeter, CharacterMeter, SessionMeter
+from kylon.providers.elevenlabs.realtime import AudioMeter, CharacterMeter, SessionMeter
 
 OPERATOR_KEY = "sk_operator_elevenlabs_secret"
 

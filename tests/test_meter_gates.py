@@ -32,15 +32,13 @@ def gemini(kylon, key):
 
 
 # Each minting call through the official SDK (or, for a second spelling, plain HTTP).
+# ElevenLabs' get-signed-url is Kylon's own now, leading back to Kylon
+# (tests/test_elevenlabs_realtime.py).
 MINTING = {
     "elevenlabs single-use token": ("elevenlabs", lambda k, key: elevenlabs(k, key).tokens.single_use.create(
         "realtime_scribe").token),
-    "elevenlabs signed url": ("elevenlabs", lambda k, key: elevenlabs(k, key).conversational_ai.conversations
-                              .get_signed_url(agent_id="agent_1").signed_url),
     "elevenlabs webrtc token": ("elevenlabs", lambda k, key: elevenlabs(k, key).conversational_ai.conversations
                                 .get_webrtc_token(agent_id="agent_1").token),
-    "elevenlabs get_signed_url": ("elevenlabs", lambda k, key: plain(
-        k, key, "GET", "/proxy/elevenlabs/v1/convai/conversation/get_signed_url?agent_id=a", "xi-api-key")),
     "gemini auth token": ("gemini", lambda k, key: gemini_auth_token(gemini(k, key))),
     "gemini auth token, encoded": ("gemini", lambda k, key: plain(
         k, key, "POST", "/proxy/gemini/v1alpha/auth%5Ftokens", "x-goog-api-key")),

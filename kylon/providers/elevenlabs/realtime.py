@@ -17,19 +17,30 @@ opens them sets a per-second price (`per_unit`) for the model
 (`scribe_v2_realtime`, …; `convai` for conversations), else the fallback
 price is charged and flagged.
 
+Conversations with the SDK's `Conversation(requires_auth=True)`: the SDK asks
+`get-signed-url` for a URL to connect to; Kylon answers it itself
+(signed_urls.py) with a URL back to Kylon whose `conversation_signature` is a
+Kylon ticket: the agent's key (by its hash), the ElevenLabs agent and an
+expiry, signed with a secret derived from the operator's ElevenLabs key (so
+every Kylon process sharing that key accepts it). The ticket stands in for
+the key when the conversation opens (a revoked key's tickets fail with it)
+and never goes upstream; the operator's key does, in `xi-api-key`.
+
 A key the client put in a message (`xi_api_key`, `authorization`: ElevenLabs
 reads them from the first message) is taken out before the message goes
 upstream: the session went in with the key in its headers, and a Kylon key
 never travels further.
 """
 
+import hashlib
+import hmac
 import json
 import time
 from decimal import Decimal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
-from ..billing import Usage
-from .base import json_or_none
+from ...billing import Usage
+from ..base import SocketRoute, json_or_none
 
 # What ElevenLabs uses when the URL names no model.
 DEFAULT_TTS_MODEL = "eleven_multilingual_v2"
@@ -40,6 +51,11 @@ KEY_FIELDS = ("xi_api_key", "authorization")
 # Bytes per sample of each `audio_format` family (pcm_16000: 16-bit PCM at 16 kHz).
 BYTES_PER_SAMPLE = {"pcm": 2, "ulaw": 1, "alaw": 1}
 SECONDS_QUANTUM = Decimal("0.001")
+# The query parameter of a signed conversation URL, and how Kylon's own begin.
+SIGNATURE_PARAM = "conversation_signature"
+TICKET_PREFIX = "kylon1_"
+# As long as ElevenLabs' own signed URLs last.
+TICKET_SECONDS = 15 * 60
 
 
 def query_value(exchange, name, default=""):
@@ -57,6 +73,48 @@ def without_keys(message, body):
 
 def seconds(value):
     return Usage(unit="seconds", units=Decimal(value).quantize(SECONDS_QUANTUM), estimated=True)
+
+
+def _ticket_mac(provider, payload):
+    secret = hashlib.sha256(b"kylon conversation ticket\0" + provider.api_key.encode("utf-8")).digest()
+    return hmac.new(secret, payload.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def conversation_ticket(provider, key_hash, agent_id, now=None):
+    """A signed conversation URL's `conversation_signature`, for this key and agent."""
+    expires = int((now or time.time()) + TICKET_SECONDS)
+    payload = f"{expires}_{key_hash}"
+    return f"{TICKET_PREFIX}{payload}_{_ticket_mac(provider, payload + '_' + agent_id)}"
+
+
+def ticket_key_hash(provider, ticket, agent_id, now=None):
+    """The hash of the key a valid, unexpired ticket for `agent_id` was issued to, else None."""
+    expires, _, rest = ticket[len(TICKET_PREFIX):].partition("_")
+    key_hash, _, mac = rest.partition("_")
+    if not ticket.startswith(TICKET_PREFIX) or not expires.isdigit() or int(expires) < (now or time.time()):
+        return None
+    expected = _ticket_mac(provider, f"{expires}_{key_hash}_{agent_id}")
+    return key_hash if hmac.compare_digest(mac, expected) else None
+
+
+async def conversation_key(handler):
+    """SocketRoute.authenticate of conversations: the key a ticket stands
+    for, (None, "signed_url") for a bad ticket, None when there is no ticket
+    (the session's own key, in its headers, then counts)."""
+    ticket = handler.get_query_argument(SIGNATURE_PARAM, "")
+    if not ticket.startswith(TICKET_PREFIX):
+        return None
+    key_hash = ticket_key_hash(handler.provider, ticket, handler.get_query_argument("agent_id", ""))
+    if key_hash is None:
+        return None, "signed_url"
+    return await handler.services.cache.lookup_hash(key_hash)
+
+
+def without_ticket(exchange, query):
+    """A Kylon ticket never goes upstream: the operator's key authenticates there."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if not (k == SIGNATURE_PARAM and v.startswith(TICKET_PREFIX))]
+    return query if len(kept) == len(pairs) else urlencode(kept)
 
 
 class Meter:
@@ -133,3 +191,13 @@ class SessionMeter(Meter):
         if self.started_at is None:
             return None
         return seconds(self.clock() - self.started_at)
+
+
+ROUTES = [
+    SocketRoute(r"/v1/text-to-speech/[^/]+/stream-input", "text_to_speech.stream_input", meter=CharacterMeter),
+    SocketRoute(r"/v1/text-to-speech/[^/]+/multi-stream-input", "text_to_speech.multi_stream_input",
+                meter=CharacterMeter),
+    SocketRoute(r"/v1/speech-to-text/realtime", "speech_to_text.realtime", meter=AudioMeter),
+    SocketRoute(r"/v1/convai/conversation", "convai.conversation", meter=SessionMeter,
+                authenticate=conversation_key, upstream_query=without_ticket),
+]
