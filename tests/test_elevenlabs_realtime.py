@@ -80,7 +80,12 @@ def only_operator_key(fake_socket):
 
 
 def session_record(kylon, agent_id):
-    return kylon.usage_for_agent(agent_id, 1)[0]
+    """The session's usage record: one, and no second one after it."""
+    records = kylon.usage_for_agent(agent_id, 1)
+    time.sleep(0.3)  # a few flushes of the batch writer
+    records = kylon.usage_for_agent(agent_id, 1)
+    assert len(records) == 1, records
+    return records[0]
 
 
 TEXT = ["Hello there, ", "this is Kylon speaking ", "in real time, ", "chunk by chunk. ", "Goodbye."]
