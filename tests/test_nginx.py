@@ -262,3 +262,26 @@ def test_plain_http_is_sent_to_https_and_large_admin_bodies_are_refused(behind_n
         metrics = client.get(front.url + "/metrics")
     assert metrics.status_code == 403  # only scraped from inside
     assert httpx.get(kylon.url + "/metrics").status_code == 200
+
+
+def test_gemini_live_session_through_nginx(behind_nginx, fakes, monkeypatch):
+    """google-genai dials wss:// to nginx, which upgrades the connection to Kylon's relay."""
+    import asyncio
+
+    from google import genai
+
+    kylon, front = behind_nginx
+    fakes["gemini"].reset()
+    agent, key = kylon.agent_with_key("10")
+    monkeypatch.setenv("SSL_CERT_FILE", front.cert)
+    client = genai.Client(api_key=key, http_options={"base_url": front.url + "/proxy/gemini"})
+
+    async def talk():
+        async with client.aio.live.connect(model="gemini-live-2.5-flash",
+                                           config={"response_modalities": ["TEXT"]}) as session:
+            await session.send_client_content(turns={"role": "user", "parts": [{"text": "Say hi"}]})
+            return "".join([m.text async for m in session.receive() if m.text])
+
+    assert asyncio.run(talk()) == "Hello from Gemini Live!"
+    [record] = kylon.usage_for_agent(agent["id"], 1)
+    assert record["route"] == "live" and record["status"] == "completed" and record["upstream_frames"] == 7

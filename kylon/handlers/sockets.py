@@ -75,6 +75,7 @@ class SocketHandler(RecordedCall, tornado.websocket.WebSocketHandler, BaseHandle
         self.base_hold = 0  # credits held for what the session may still use
         self.billed = None  # the usage last billed into the hold
         self.ticker = None
+        self.relaying = None  # the task passing the upstream's frames on (kept: asyncio holds tasks weakly)
 
     def check_origin(self, origin):
         # Sessions authenticate with a key, never a cookie: a page elsewhere cannot borrow one.
@@ -196,7 +197,7 @@ class SocketHandler(RecordedCall, tornado.websocket.WebSocketHandler, BaseHandle
         self.call.upstream_status = SWITCHED
         self.ticker = PeriodicCallback(self.bill, BILL_SECONDS * 1000)
         self.ticker.start()
-        asyncio.ensure_future(self.relay_upstream(upstream))
+        self.relaying = asyncio.ensure_future(self.relay_upstream(upstream))
         return True
 
     async def relay_upstream(self, upstream):
