@@ -185,6 +185,28 @@ def test_shipped_gates_reach_an_existing_database_once(kind, tmp_path_factory):
         drop_database(url)
 
 
+def test_the_signed_url_gates_shipped_before_are_taken_back(tmp_path_factory):
+    """get-signed-url is Kylon's own now (a URL back to Kylon): a database seeded
+    with its operator:credentials gates loses them; /v1/convai still closes it."""
+    url = scratch_database_url("sqlite", tmp_path_factory)
+    db = open_database(url)
+    try:
+        providers = load_providers({})
+        before = stub("elevenlabs", {**providers["elevenlabs"].default_gates,
+                                     "/v1/convai/conversation/get-signed-url": CREDENTIALS,
+                                     "/v1/convai/conversation/get_signed_url": CREDENTIALS})
+        seed_gates({**providers, "elevenlabs": before})
+        assert places()[("elevenlabs", "/v1/convai/conversation/get-signed-url")] == CREDENTIALS
+        seed_gates(providers)
+        gates = places()
+        assert ("elevenlabs", "/v1/convai/conversation/get-signed-url") not in gates
+        assert ("elevenlabs", "/v1/convai/conversation/get_signed_url") not in gates
+        assert gates[("elevenlabs", "/v1/convai")] == UNMETERED
+        assert gates[("elevenlabs", "/v1/convai/conversation/token")] == CREDENTIALS
+    finally:
+        db.close()
+
+
 def test_a_new_database_gets_every_shipped_gate(tmp_path_factory):
     url = scratch_database_url("sqlite", tmp_path_factory)
     db = open_database(url)
