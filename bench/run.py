@@ -862,6 +862,9 @@ def parse_args(argv):
     parser.add_argument("--targets", default="direct,kylon,floor,nginx,litellm", help="which targets to run")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--profile", action="store_true", help="profile Kylon with py-spy after measuring")
+    parser.add_argument("--websockets", action="store_true",
+                        help="only the WebSocket benchmark: Gemini Live sessions through Kylon and nginx (bench/sockets.py)")
+    parser.add_argument("--sessions", type=int, default=500, help="open WebSocket sessions (--websockets)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, databases)")
     parser.add_argument("--profile-seconds", type=int, default=10, help="seconds per py-spy recording (4 of them)")
     opts = parser.parse_args(argv)
@@ -896,6 +899,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of open streams
+    if opts.websockets:
+        return websocket_main(opts)
     if hard < 2 * max(opts.open_streams) + 1000:
         log(f"warning: open-file limit {hard} is low for {max(opts.open_streams)} streams")
     ensure_tool("wrk", "wrk")
@@ -974,6 +979,30 @@ def main(argv=None):
     else:
         shutil.rmtree(workdir, ignore_errors=True)  # nginx's access log alone grows to hundreds of MB
         log(f"results: {path}")
+
+
+def websocket_main(opts):
+    import sockets  # bench/sockets.py
+
+    os.makedirs(RESULTS, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = tempfile.mkdtemp(prefix="kylon-bench-ws-")
+    before = machine()
+    results = sockets.benchmark(workdir, sessions=opts.sessions, seconds=opts.duration)
+    after = machine()
+    table = sockets.markdown(results)
+    text = (f"WebSocket run of {stamp}: {opts.sessions} sessions, {opts.duration:g} s of round trips, "
+            f"{before['cpus']} CPUs, load average {' '.join(before['loadavg'])} before / "
+            f"{' '.join(after['loadavg'])} after.\n\n{table}\n")
+    path = os.path.join(RESULTS, f"bench-ws-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump({"started": stamp, "machine_before": before, "machine_after": after, "results": results,
+                   "table": table}, f, indent=1)
+    with open(os.path.join(RESULTS, "latest-ws.md"), "w") as f:
+        f.write(text)
+    print(text)
+    shutil.rmtree(workdir, ignore_errors=True)
+    log(f"results: {path}")
 
 
 def profile_text(profiles):

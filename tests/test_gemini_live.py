@@ -401,3 +401,76 @@ def test_metrics_count_sessions_and_frames(kylon, fake_gemini):
     for direction, count in (("client", 2), ("upstream", 7)):
         labels = {"provider": "gemini", "route": "live", "direction": direction}
         assert value(after, *frames, **labels) == value(before, *frames, **labels) + count
+
+
+def test_what_a_session_uses_counts_against_the_agents_other_calls_at_once(kylon, fake_gemini):
+    """Billed as it goes: after an expensive turn, with the session still open,
+    the agent's next HTTP call no longer fits; once it closes, it does again."""
+    agent, key = new_agent(kylon, credits="0.0722")
+    http = client(kylon, key)
+
+    def generate():
+        try:
+            http.models.generate_content(model="gemini-2.5-flash", contents="Say hi")
+            return 200
+        except genai_errors.APIError as e:
+            return e.code
+
+    async def talk():
+        loop = asyncio.get_running_loop()
+        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT) as session:
+            # Held for the session: 0.012288; a generateContent call holds about 0.01025.
+            before = await loop.run_in_executor(None, generate)
+            await turn(session, "Something expensive")  # 0.05 used
+            during = await loop.run_in_executor(None, generate)
+        return before, during
+
+    assert asyncio.run(talk()) == (200, 402)
+    assert generate() == 200
+    live = [r for r in kylon.usage_for_agent(agent["id"], 4) if r["route"] == "live"]
+    assert len(live) == 1 and live[0]["status"] == "completed"
+
+
+def test_a_session_whose_hold_does_not_fit_is_closed_before_going_upstream(kylon, fake_gemini):
+    agent, key = new_agent(kylon, credits="0.01")  # the hold at this model's price is 0.012288
+
+    async def talk():
+        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT):
+            pass
+
+    with pytest.raises(genai_errors.APIError) as closed:
+        asyncio.run(talk())
+    assert closed.value.code == 4402 and "may cost up to 0.012288 credits" in str(closed.value)
+    assert fake_gemini.live_sessions == []
+    record = only_record(kylon, agent)
+    assert record["status"] == "rejected" and record["http_status"] == 402 and record["model"] == MODEL
+
+
+@pytest.mark.parametrize("upstream", ["refused", "unreachable"])
+def test_an_upstream_that_refuses_or_is_down_closes_the_session_with_1014(make_kylon, fake_gemini, tls_files,
+                                                                          upstream):
+    env = {**tls_files}
+    if upstream == "refused":
+        env["GEMINI_API_KEY"] = "AIza-wrong-operator-key"  # the fake answers the handshake 400
+    else:
+        from .fakes.server import free_port
+
+        env["KYLON_GEMINI_BASE_URL"] = f"http://127.0.0.1:{free_port()}"
+    k = make_kylon(env)
+    agent, key = new_agent(k)
+
+    async def talk():
+        async with client(k, key).aio.live.connect(model=MODEL, config=TEXT):
+            pass
+
+    with pytest.raises(genai_errors.APIError) as closed:
+        asyncio.run(talk())
+    assert closed.value.code == 1014
+    record = only_record(k, agent)
+    if upstream == "refused":
+        assert "refused the session (HTTP 400)" in str(closed.value)
+        assert record["status"] == "upstream_error" and record["http_status"] == 400
+    else:
+        assert "could not be reached" in str(closed.value)
+        assert record["status"] == "error" and record["http_status"] == 502
+    assert Decimal(record["credits"]) == 0
