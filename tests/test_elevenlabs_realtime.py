@@ -154,6 +154,20 @@ def test_running_out_of_credits_mid_stream_closes_with_4402(kylon, fake_elevenla
     assert kylon.balance(agent_row["id"]) == Decimal("0.009") - Decimal(record["credits"])
 
 
+def test_an_upstream_error_reaches_the_sdk_as_elevenlabs_sent_it(kylon, fake_elevenlabs, tls_client):
+    agent_row, key = agent(kylon)
+    with pytest.raises(ApiError) as failed:
+        b"".join(tls_client(key).text_to_speech.convert_realtime("quota-exceeded", text=iter(TEXT)))
+    # The SDK gives the error message it read, or the close reason when it was sending.
+    assert failed.value.status_code == 1008 and "quota_exceeded" in str(failed.value.body)
+    record = session_record(kylon, agent_row["id"])
+    assert record["status"] == "upstream_error" and "1008 quota_exceeded" in record["error"]
+    # Billed for the text it sent: at least what reached ElevenLabs (text sent
+    # while the upstream's close was on its way is counted too).
+    sent = len(fake_elevenlabs.last_socket().text_sent())
+    assert 0 < sent <= Decimal(record["units"]) <= len("".join(TEXT)) + len(TEXT)
+
+
 # -- multi-stream-input, a plain client -------------------------------------------
 
 

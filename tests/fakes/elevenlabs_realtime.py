@@ -19,7 +19,9 @@ the HTTP routes, see elevenlabs_fake.py), speaking the real protocols:
 The operator's key is checked in the `xi-api-key` header, else in the first
 message's `xi_api_key` (stream-input only, as ElevenLabs allows); a wrong one
 is closed with 1008 and ElevenLabs' error message. The voice id picks a
-behaviour: `silent` sends one audio piece, then nothing (disconnect tests).
+behaviour: `silent` sends one audio piece, then nothing (disconnect tests);
+`quota-exceeded` answers the first text with ElevenLabs' error message
+(`message`, `error`, `code`) and closes with 1008.
 
 Every socket is recorded as a `Socket` in `fake.sockets`: its handshake, the
 messages each way, and when it closed.
@@ -167,6 +169,10 @@ class StreamInput(RecordingSocket):
                 self.schedule = schedule[0]
             self.buffers[context] = ""
             return
+        if self.voice_id == "quota-exceeded":
+            self.send({"message": "This request exceeds your quota of 10000.", "error": "quota_exceeded",
+                       "code": 1008})
+            return self.close(1008, "quota_exceeded")
         if text == "" and not self.multi:  # end of input
             self.speak(context, final=True)
             return self.close(1000)
