@@ -13,7 +13,9 @@ from elevenlabs import ElevenLabs
 from elevenlabs.realtime import AudioFormat, CommitStrategy, RealtimeEvents
 
 from kylon.providers.base import Exchange
-from kylon.providers.elevenlabs.realtime import AudioMeter, CharacterMeter, SessionMeter
+from kylon.providers.elevenlabs import ElevenLabs as ElevenLabsProvider
+from kylon.providers.elevenlabs.realtime import (AudioMeter, CharacterMeter, SessionMeter, conversation_ticket,
+                                                 ticket_key_hash, without_ticket)
 
 OPERATOR_KEY = "sk_operator_elevenlabs_secret"
 
@@ -90,6 +92,24 @@ def test_session_meter_counts_seconds_from_the_agents_first_message():
     meter.upstream_message(json.dumps({"type": "conversation_initiation_metadata"}))
     now[0] = 110.5
     assert meter.usage().unit == "seconds" and meter.usage().units == Decimal("7.500")
+
+
+def test_a_conversation_ticket_holds_for_its_key_agent_and_time_only():
+    provider = ElevenLabsProvider()
+    provider.configure({"ELEVENLABS_API_KEY": "sk_one"})
+    ticket = conversation_ticket(provider, "ab" * 32, "agent_1", now=1000)
+    assert ticket_key_hash(provider, ticket, "agent_1", now=1000 + 899) == "ab" * 32
+    assert ticket_key_hash(provider, ticket, "agent_1", now=1000 + 901) is None  # 15 minutes
+    assert ticket_key_hash(provider, ticket, "agent_2", now=1000) is None
+    assert ticket_key_hash(provider, ticket.replace("ab" * 32, "cd" * 32), "agent_1", now=1000) is None
+    other = ElevenLabsProvider()
+    other.configure({"ELEVENLABS_API_KEY": "sk_two"})  # another operator key: another secret
+    assert ticket_key_hash(other, ticket, "agent_1", now=1000) is None
+    assert ticket_key_hash(ElevenLabsProvider(), ticket, "agent_1", now=1000) is None  # not configured
+    assert without_ticket(None, f"agent_id=a&conversation_signature={ticket}&source=python_sdk") == \
+        "agent_id=a&source=python_sdk"
+    assert without_ticket(None, "agent_id=a&conversation_signature=elevenlabs_own") == \
+        "agent_id=a&conversation_signature=elevenlabs_own"
 
 
 # -- the fake, directly ------------------------------------------------------------

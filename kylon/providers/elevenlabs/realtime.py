@@ -64,8 +64,8 @@ def query_value(exchange, name, default=""):
 
 
 def without_keys(message, body):
-    """The message to send upstream: `message` itself, or re-encoded without
-    the key fields of its JSON `body`."""
+    """The message re-encoded without the key fields of its JSON `body`, or
+    None when it has none (it goes upstream as it is)."""
     if not any(name in body for name in KEY_FIELDS):
         return None
     return json.dumps({k: v for k, v in body.items() if k not in KEY_FIELDS})
@@ -89,6 +89,8 @@ def conversation_ticket(provider, key_hash, agent_id, now=None):
 
 def ticket_key_hash(provider, ticket, agent_id, now=None):
     """The hash of the key a valid, unexpired ticket for `agent_id` was issued to, else None."""
+    if not provider.configured:
+        return None  # no operator key, no secret: nothing Kylon signed holds
     expires, _, rest = ticket[len(TICKET_PREFIX):].partition("_")
     key_hash, _, mac = rest.partition("_")
     if not ticket.startswith(TICKET_PREFIX) or not expires.isdigit() or int(expires) < (now or time.time()):
