@@ -91,8 +91,11 @@ class SocketRoute:
         frame, bytes for a binary one); either may set `exchange.model`;
         client_message may return the frame to send upstream instead (None:
         the frame as it is); usage(): the session's cumulative billing.Usage
-        so far (None while nothing is known; a new object whenever it changed). Read after
-        every frame and once a second (a meter may bill by time).
+        so far (None while nothing is known; a new object whenever it
+        changed). Read after every frame and once a second (a meter may bill
+        by time). The factory runs before the upgrade, with `exchange.path`
+        and `exchange.query` (the upstream's) set: a model named in the URL
+        is read there, so the hold is priced at it.
     hold: Exchange -> the Usage held against the balance while the session
         is open, on top of what it has used (None: nothing beyond its use).
     upstream_path: Exchange -> the path sent upstream (default: the client's).
