@@ -22,9 +22,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Query parameters whose values never reach a log line: keys can arrive in a
 # query string (Gemini's ?key=), so can the upload session tokens Kylon hands
-# out (?upload_id=). app.py passes the providers' own names
+# out (?upload_id=, ElevenLabs' ?conversation_signature=). app.py passes the providers' own names
 # (kylon.providers.secret_query_params); this default is today's set of them.
-DEFAULT_SECRET_PARAMS = ("key", "api_key", "access_token", "token", "upload_id")
+DEFAULT_SECRET_PARAMS = ("key", "api_key", "access_token", "token", "upload_id", "conversation_signature")
 
 
 def secret_query(names):

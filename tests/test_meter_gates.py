@@ -32,15 +32,13 @@ def gemini(kylon, key):
 
 
 # Each minting call through the official SDK (or, for a second spelling, plain HTTP).
+# ElevenLabs' get-signed-url is Kylon's own now, leading back to Kylon
+# (tests/test_elevenlabs_realtime.py).
 MINTING = {
     "elevenlabs single-use token": ("elevenlabs", lambda k, key: elevenlabs(k, key).tokens.single_use.create(
         "realtime_scribe").token),
-    "elevenlabs signed url": ("elevenlabs", lambda k, key: elevenlabs(k, key).conversational_ai.conversations
-                              .get_signed_url(agent_id="agent_1").signed_url),
     "elevenlabs webrtc token": ("elevenlabs", lambda k, key: elevenlabs(k, key).conversational_ai.conversations
                                 .get_webrtc_token(agent_id="agent_1").token),
-    "elevenlabs get_signed_url": ("elevenlabs", lambda k, key: plain(
-        k, key, "GET", "/proxy/elevenlabs/v1/convai/conversation/get_signed_url?agent_id=a", "xi-api-key")),
     "gemini auth token": ("gemini", lambda k, key: gemini_auth_token(gemini(k, key))),
     "gemini auth token, encoded": ("gemini", lambda k, key: plain(
         k, key, "POST", "/proxy/gemini/v1alpha/auth%5Ftokens", "x-goog-api-key")),
@@ -185,6 +183,28 @@ def test_shipped_gates_reach_an_existing_database_once(kind, tmp_path_factory):
     finally:
         db.close()
         drop_database(url)
+
+
+def test_the_signed_url_gates_shipped_before_are_taken_back(tmp_path_factory):
+    """get-signed-url is Kylon's own now (a URL back to Kylon): a database seeded
+    with its operator:credentials gates loses them; /v1/convai still closes it."""
+    url = scratch_database_url("sqlite", tmp_path_factory)
+    db = open_database(url)
+    try:
+        providers = load_providers({})
+        before = stub("elevenlabs", {**providers["elevenlabs"].default_gates,
+                                     "/v1/convai/conversation/get-signed-url": CREDENTIALS,
+                                     "/v1/convai/conversation/get_signed_url": CREDENTIALS})
+        seed_gates({**providers, "elevenlabs": before})
+        assert places()[("elevenlabs", "/v1/convai/conversation/get-signed-url")] == CREDENTIALS
+        seed_gates(providers)
+        gates = places()
+        assert ("elevenlabs", "/v1/convai/conversation/get-signed-url") not in gates
+        assert ("elevenlabs", "/v1/convai/conversation/get_signed_url") not in gates
+        assert gates[("elevenlabs", "/v1/convai")] == UNMETERED
+        assert gates[("elevenlabs", "/v1/convai/conversation/token")] == CREDENTIALS
+    finally:
+        db.close()
 
 
 def test_a_new_database_gets_every_shipped_gate(tmp_path_factory):

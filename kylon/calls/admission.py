@@ -94,6 +94,8 @@ def check_credits(balance, key_balance=None):
 KEY_REFUSALS = {
     "revoked": "This Kylon API key has been revoked.",
     "expired": "This Kylon API key has expired.",
+    # A URL Kylon signed for a key (ElevenLabs' conversations) that no longer holds.
+    "signed_url": "This signed URL is invalid or has expired: ask Kylon for a new one.",
 }
 
 

@@ -274,6 +274,10 @@ class ProxyHandler(RecordedCall, AnswerRelay, BaseHandler):
         )
         self.finish_call(transfer)
 
+    def kylon_base(self):
+        """Where the client reaches Kylon, for URLs Kylon hands out."""
+        return self.provider.public_url or f"{self.request.protocol}://{self.request.host}"
+
     def read_json(self, body):
         """(the body to send, None) or (None, Refusal): see admission.read_request."""
         return admission.read_request(self.provider, self.exchange, body)

@@ -111,6 +111,15 @@ class SocketHandler(RecordedCall, tornado.websocket.WebSocketHandler, BaseHandle
         exchange.query = without_kylon_keys(query)
         self.meter = route.meter(exchange)
 
+    async def authenticate(self):
+        # A session may stand on something Kylon issued to a key (ElevenLabs'
+        # signed conversation URLs) rather than on the key itself.
+        if self.route.authenticate is not None:
+            found = await self.route.authenticate(self)
+            if found is not None:
+                return found
+        return await super().authenticate()
+
     async def get(self, *args, **kwargs):
         await super().get(*args, **kwargs)
         call = self.call
@@ -131,7 +140,10 @@ class SocketHandler(RecordedCall, tornado.websocket.WebSocketHandler, BaseHandle
         if self.closing:
             return
         self.call.client_frames += 1
-        self.meter.client_message(message)
+        replaced = self.meter.client_message(message)
+        if replaced is not None:
+            # The meter rewrote the frame (ElevenLabs: a key in a message taken out).
+            message = replaced
         if self.upstream is None and not await self.start_upstream():
             return
         if not self.bill():

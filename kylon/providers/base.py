@@ -108,17 +108,22 @@ class SocketRoute:
         client_message(message) and upstream_message(message): called with
         every frame, each way, before it is passed on (a str for a text
         frame, bytes for a binary one); either may set `exchange.model`;
-        usage(): the session's cumulative billing.Usage so far (None while
-        nothing is known; a new object whenever it changed). Read after
-        every frame and once a second (a meter may bill by time). The
-        factory runs before the upgrade, with `exchange.path` and
-        `exchange.query` (the upstream's) set: a model named in the URL is
-        read there, so the hold is priced at it.
+        client_message may return the frame to send upstream instead (None:
+        the frame as it is); usage(): the session's cumulative billing.Usage
+        so far (None while nothing is known; a new object whenever it
+        changed). Read after every frame and once a second (a meter may bill
+        by time). The factory runs before the upgrade, with `exchange.path`
+        and `exchange.query` (the upstream's) set: a model named in the URL
+        is read there, so the hold is priced at it.
     hold: Exchange -> the Usage held against the balance while the session
         is open, on top of what it has used (None: nothing beyond its use).
     upstream_path: Exchange -> the path sent upstream (default: the client's).
     upstream_query: (Exchange, query) -> the query string sent upstream
         (default: the provider's `upstream_query`; Kylon keys never go).
+    authenticate: the SocketHandler -> awaitable (KeyEntry, AgentEntry), or
+        (None, reason) to refuse, or None to take the client's key as usual:
+        a session standing on something Kylon issued to a key (ElevenLabs'
+        signed conversation URLs).
     model_in_first_message: the client's first message names the model
         (Gemini's setup): the upstream is connected, and the call admitted at
         the model's price, once that message is in; else right after the upgrade.
@@ -134,6 +139,7 @@ class SocketRoute:
     upstream_path: Callable | None = None
     upstream_query: Callable | None = None
     model_in_first_message: bool = False
+    authenticate: Callable | None = None
 
     def __post_init__(self):
         self.pattern = re.compile(self.path + r"\Z")
@@ -239,6 +245,7 @@ class Provider:
     def __init__(self):
         self.api_key = None
         self.base_url = None
+        self.public_url = ""
 
     def get_handlers(self):
         """URL rules of the provider's own handlers (Gemini's uploads and
@@ -249,6 +256,10 @@ class Provider:
     def configure(self, env):
         self.api_key = env.get(self.api_key_env) or None
         self.base_url = (env.get(self.base_url_env) or self.default_base_url).rstrip("/")
+        # Where clients reach Kylon (https://kylon.example.com), for the URLs
+        # Kylon hands out (Gemini uploads, ElevenLabs conversations); by
+        # default the scheme and host of the request.
+        self.public_url = (env.get("KYLON_PUBLIC_URL") or "").rstrip("/")
 
     @property
     def configured(self):

@@ -3,7 +3,7 @@ binary audio/mpeg (plain, with `request-id` and `character-cost` headers) or a
 chunked audio stream (`/stream`, no cost header: whether ElevenLabs sends one
 there is unverified), the JSON `/with-timestamps` variant, `GET /v1/voices`,
 `GET /v1/models` (a bare array), history (list and delete, for pass-through),
-text to dialogue, and ElevenLabs' error bodies `{"detail":{"status","message"}}`
+text to dialogue, the realtime WebSockets (elevenlabs_realtime.py), and ElevenLabs' error bodies `{"detail":{"status","message"}}`
 (422 validation errors: `{"detail":[{loc,msg,type}]}`).
 
 The voice id picks a behaviour, so a test needs no set-up calls:
@@ -22,6 +22,7 @@ import hashlib
 import json
 import threading
 
+from . import elevenlabs_realtime
 from .server import FakeServer, RecordingHandler
 
 CHUNK = 4096
@@ -167,8 +168,11 @@ class FakeElevenLabs(FakeServer):
     def __init__(self, api_key="sk_operator_elevenlabs_secret"):
         self.api_key = api_key
         self.release = threading.Event()
+        # WebSocket sessions (elevenlabs_realtime.Socket), oldest first.
+        self.sockets = []
         super().__init__(
-            [
+            elevenlabs_realtime.HANDLERS
+            + [
                 (r"/v1/text-to-speech/([^/]+)(/stream)?(/with-timestamps)?", TextToSpeech),
                 (r"/v1/voices", Voices),
                 (r"/v1/models", Models),
@@ -187,6 +191,13 @@ class FakeElevenLabs(FakeServer):
 
     def secrets(self):
         return {self.api_key}
+
+    def reset(self):
+        super().reset()
+        self.sockets.clear()
+
+    def last_socket(self):
+        return self.sockets[-1]
 
 
 def start():

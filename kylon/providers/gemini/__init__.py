@@ -209,9 +209,6 @@ class Gemini(Provider):
 
     def configure(self, env):
         super().configure(env)
-        # Where clients reach Kylon (https://kylon.example.com), for the upload
-        # URLs Kylon hands out; by default the scheme and host of the request.
-        self.public_url = (env.get("KYLON_PUBLIC_URL") or "").rstrip("/")
         # How long an upload session Kylon started accepts byte chunks.
         self.upload_session_seconds = float(env.get("KYLON_GEMINI_UPLOAD_SESSION_SECONDS") or 24 * 3600)
         # files/upload-urls hands out Google's own upload URLs (bytes bypass Kylon).

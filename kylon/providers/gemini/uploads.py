@@ -56,11 +56,7 @@ def _log_failure(future):
 
 
 class GeminiHandler(ProxyHandler):
-    """What Gemini's own handlers share: Kylon's public URL, upload sessions."""
-
-    def kylon_base(self):
-        public = self.provider.public_url
-        return public or f"{self.request.protocol}://{self.request.host}"
+    """What Gemini's own handlers share: upload sessions."""
 
     def new_upload_session(self, upstream_url, path):
         """Remember an upload session upstream opened for this call's key; returns

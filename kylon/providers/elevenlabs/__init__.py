@@ -6,16 +6,18 @@ sends the operator's in the same header. Text to speech is billed by
 characters: the `character-cost` response header when ElevenLabs sends it (on
 any path), else Kylon counts the characters of the request's `text` (marked
 estimated: it is Kylon's count, not ElevenLabs' figure). Reads (voices, models,
-user) cost nothing. Audio is relayed as opaque bytes as it arrives.
+user) cost nothing. Audio is relayed as opaque bytes as it arrives. The
+realtime WebSockets and their meters are in realtime.py.
 """
 
 from decimal import Decimal
 
-from ..billing import Usage
-from ..prices import table
-from ..errors import error_code
-from ..gates import CREDENTIALS, UNMETERED
-from .base import Provider, Route
+from ...billing import Usage
+from ...prices import table
+from ...errors import error_code
+from ...gates import CREDENTIALS, UNMETERED
+from . import realtime
+from ..base import Provider, Route
 
 # What ElevenLabs uses when the request names no model.
 DEFAULT_MODEL = "eleven_multilingual_v2"
@@ -60,8 +62,6 @@ class ElevenLabs(Provider):
         "": "elevenlabs",
         # Tokens and signed URLs the client then uses with ElevenLabs directly.
         "/v1/single-use-token": CREDENTIALS,
-        "/v1/convai/conversation/get-signed-url": CREDENTIALS,
-        "/v1/convai/conversation/get_signed_url": CREDENTIALS,
         "/v1/convai/conversation/token": CREDENTIALS,
         "/v1/convai/realtime/client_secrets": CREDENTIALS,
         # API keys of service accounts; members, invites and keys of the workspace.
@@ -86,6 +86,14 @@ class ElevenLabs(Provider):
         # Conversational agents run (and are billed per minute) on ElevenLabs' side.
         "/v1/convai": UNMETERED,
     }
+    # Kylon answers get-signed-url itself now, with a URL back to Kylon
+    # (signed_urls.py): no credential of the operator's is handed out there.
+    retired_gates = {
+        "/v1/convai/conversation/get-signed-url": CREDENTIALS,
+        "/v1/convai/conversation/get_signed_url": CREDENTIALS,
+    }
+    # Kylon's own tickets in signed conversation URLs: never in the access log.
+    secret_query_params = ("conversation_signature",)
     upstream_id_headers = ("request-id",)
 
     routes = [
@@ -97,12 +105,20 @@ class ElevenLabs(Provider):
               rewrite=read_tts_stream_request, hold=tts_hold),
     ]
 
+    # Realtime text to speech, speech to text and conversations (WebSockets).
+    socket_routes = realtime.ROUTES
+
     # Credits per character (1 credit = 1 USD): Kylon's own entries in
     # kylon/prices.json (ElevenLabs' Creator-plan rate, see scripts/update_prices.py).
     # Unknown models (and pass-through paths that report a character cost) pay
     # the dearest rate, flagged.
     prices = table("elevenlabs")
     fallback_price = prices.fallback
+
+    def get_handlers(self):
+        from .signed_urls import ConversationUrlHandler
+
+        return [(r"/proxy/(elevenlabs)(/v1/convai/conversation/get[-_]signed[-_]url)", ConversationUrlHandler)]
 
     def auth_headers(self):
         return {"xi-api-key": self.api_key}
