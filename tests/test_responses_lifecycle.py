@@ -43,6 +43,17 @@ def records(kylon, agent_id, route=None):
     return [r for r in data if route is None or r["route"] == route]
 
 
+def wait_records(kylon, agent_id, route, count=1, timeout=10):
+    """The agent's records of a route, once the batch writer has written `count` of them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = records(kylon, agent_id, route)
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} {route} records written")
+
+
 def wait_for_charge(kylon, agent_id, timeout=15):
     """The agent's one `responses.background` record, once written."""
     deadline = time.monotonic() + timeout
@@ -93,7 +104,7 @@ def test_background_create_then_poll_to_completion_charges_once(bg_kylon, fake_o
     assert charge["input_tokens"] == fake_wire.PROMPT_TOKENS and charge["output_tokens"] == fake_wire.COMPLETION_TOKENS
     assert charge["upstream_request_id"] == created.id and charge["estimated"] is False
     # Polls are free calls of their own.
-    retrieves = records(bg_kylon, agent["id"], "responses.retrieve")
+    retrieves = wait_records(bg_kylon, agent["id"], "responses.retrieve")
     assert retrieves and all(Decimal(r["credits"]) == 0 for r in retrieves)
     # More retrieves, and Kylon's own poller, charge nothing more.
     client.responses.retrieve(created.id)
@@ -192,7 +203,7 @@ def test_delete(bg_kylon, fake_openai):
     assert running.id not in fake_openai.responses
     (charge,) = wait_for_charge(bg_kylon, agent["id"])
     assert Decimal(charge["credits"]) == GPT_4O_MINI_CALL
-    free = records(bg_kylon, agent["id"], "responses.delete")
+    free = wait_records(bg_kylon, agent["id"], "responses.delete", 3)
     assert len(free) == 3 and all(Decimal(r["credits"]) == 0 for r in free)
 
 
@@ -205,7 +216,7 @@ def test_input_items_and_input_token_count_are_free(bg_kylon, fake_openai):
     assert count.input_tokens == fake_wire.PROMPT_TOKENS
     assert fake_openai.last().path == "/v1/responses/input_tokens"
     for route in ("responses.input_items", "responses.input_tokens"):
-        (record,) = records(bg_kylon, agent["id"], route)
+        (record,) = wait_records(bg_kylon, agent["id"], route)
         assert Decimal(record["credits"]) == 0 and record["status"] == "completed"
     assert bg_kylon.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL  # the create alone
 
@@ -215,7 +226,7 @@ def test_compact_is_billed_from_its_usage(bg_kylon, fake_openai):
     stored = client.responses.create(model="gpt-4o-mini", input="Hi")
     compacted = client.responses.compact(model="gpt-4o-mini", previous_response_id=stored.id)
     assert compacted.usage.output_tokens == fake_wire.COMPLETION_TOKENS
-    (record,) = records(bg_kylon, agent["id"], "responses.compact")
+    (record,) = wait_records(bg_kylon, agent["id"], "responses.compact")
     assert Decimal(record["credits"]) == GPT_4O_MINI_CALL
 
 
@@ -259,7 +270,7 @@ def test_a_resumed_stream_bills_it(slow_poller, fake_openai):
     assert "".join(e.delta for e in resumed if e.type == "response.output_text.delta") == "Hello from the fake upstream!"
     (charge,) = wait_for_charge(slow_poller, agent["id"], timeout=5)
     assert Decimal(charge["credits"]) == GPT_4O_MINI_CALL
-    (resume,) = records(slow_poller, agent["id"], "responses.retrieve")
+    (resume,) = wait_records(slow_poller, agent["id"], "responses.retrieve")
     assert Decimal(resume["credits"]) == 0 and resume["stream"] is True
     assert slow_poller.balance(agent["id"]) == Decimal("100") - GPT_4O_MINI_CALL
 
