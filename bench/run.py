@@ -203,6 +203,10 @@ def direct_target(fake_service, fake_url):
     return target
 
 
+# Fields the bench key is made with (--key-fields): limits, so their cost is measured too.
+KEY_FIELDS = {}
+
+
 def start_kylon(fake_url, workdir, root=ROOT, prefix=(), startup_seconds=30, name="kylon", label="Kylon"):
     """Kylon from the checkout `root`, its command run under `prefix` (a
     profiler: see instructions.py), with an agent and a key made."""
@@ -228,7 +232,7 @@ def start_kylon(fake_url, workdir, root=ROOT, prefix=(), startup_seconds=30, nam
         base + "/admin/api/agents", headers=admin, json={"name": "bench", "skills": [], "credits": "1000000"}
     )
     agent.raise_for_status()
-    key = httpx.post(base + f"/admin/api/agents/{agent.json()['id']}/keys", headers=admin, json={"name": "bench"})
+    key = httpx.post(base + f"/admin/api/agents/{agent.json()['id']}/keys", headers=admin, json={"name": "bench", **KEY_FIELDS})
     key.raise_for_status()
     target.url = base + "/proxy/openai/v1/chat/completions"
     target.headers = {"Authorization": f"Bearer {key.json()['key']}"}
@@ -862,6 +866,8 @@ def parse_args(argv):
     parser.add_argument("--targets", default="direct,kylon,floor,nginx,litellm", help="which targets to run")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--baseline", help="also run Kylon from this checkout (git worktree add /tmp/old <commit>)")
+    parser.add_argument("--key-fields", type=json.loads, default={},
+                        help='JSON fields of the bench key, e.g. \'{"rpm_limit": 1000000}\' (an older checkout ignores them)')
     parser.add_argument("--profile", action="store_true", help="profile Kylon with py-spy after measuring")
     parser.add_argument("--websockets", action="store_true",
                         help="only the WebSocket benchmark: Gemini Live sessions through Kylon and nginx (bench/sockets.py)")
@@ -872,6 +878,7 @@ def parse_args(argv):
     opts.connections = [int(c) for c in opts.connections.split(",")]
     opts.open_streams = [int(c) for c in opts.open_streams.split(",")]
     opts.targets = [t for t in opts.targets.split(",") if not (opts.no_litellm and t == "litellm")]
+    KEY_FIELDS.update(opts.key_fields)
     if opts.quick:
         opts.duration = opts.duration or 2
         opts.runs = opts.runs or 1
