@@ -474,3 +474,37 @@ def test_an_upstream_that_refuses_or_is_down_closes_the_session_with_1014(make_k
         assert "could not be reached" in str(closed.value)
         assert record["status"] == "error" and record["http_status"] == 502
     assert Decimal(record["credits"]) == 0
+
+
+def test_a_model_the_key_may_not_call_is_closed_before_going_upstream(kylon, fake_gemini):
+    """The allow-lists meet the model of the setup message (4403, nothing upstream)."""
+    agent = kylon.create_agent("10")
+    key = kylon.create_key(agent["id"], allowed_models=["gemini:gemini-2.5-pro*"])["key"]
+    CREATED_SECRETS.add(key)
+
+    async def talk():
+        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT):
+            pass
+
+    with pytest.raises(genai_errors.APIError) as closed:
+        asyncio.run(talk())
+    assert closed.value.code == 4403 and MODEL in str(closed.value)
+    assert fake_gemini.live_sessions == []
+    record = only_record(kylon, agent)
+    assert record["status"] == "rejected" and record["http_status"] == 403 and record["model"] == MODEL
+
+
+def test_a_key_credit_limit_bounds_a_session_like_a_call(kylon, fake_gemini):
+    """A key whose credit limit cannot cover the session's hold: closed before going upstream."""
+    agent = kylon.create_agent("10")
+    key = kylon.create_key(agent["id"], credit_limit="0.01", limit_reset="daily")["key"]  # the hold is 0.012288
+    CREATED_SECRETS.add(key)
+
+    async def talk():
+        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT):
+            pass
+
+    with pytest.raises(genai_errors.APIError) as closed:
+        asyncio.run(talk())
+    assert closed.value.code == 4402 and "Key credit limit reached" in str(closed.value)
+    assert fake_gemini.live_sessions == []
