@@ -508,3 +508,26 @@ def test_a_key_credit_limit_bounds_a_session_like_a_call(kylon, fake_gemini):
         asyncio.run(talk())
     assert closed.value.code == 4402 and "Key credit limit reached" in str(closed.value)
     assert fake_gemini.live_sessions == []
+
+
+def test_rate_limits_count_sessions(kylon, fake_gemini):
+    """A session is one request and one call at once: a key's second session
+    in the minute meets its rpm limit before the upgrade (429, Retry-After);
+    its tokens count against the tpm limit once it ends."""
+    agent = kylon.create_agent("10")
+    key = kylon.create_key(agent["id"], rpm_limit=1)["key"]
+    CREATED_SECRETS.add(key)
+
+    async def talk():
+        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT) as session:
+            return await turn(session, "Say hi")
+
+    if time.time() % 60 > 55:  # both sessions in one clock minute (the window)
+        time.sleep(60.2 - time.time() % 60)
+    assert asyncio.run(talk())[0] == "Hello from Gemini Live!"
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        asyncio.run(talk())
+    response = refused.value.response
+    assert response.status_code == 429 and b"requests per minute" in response.body
+    assert int(response.headers["Retry-After"]) >= 1
+    assert len(fake_gemini.live_sessions) == 1

@@ -32,7 +32,7 @@ from ..calls.record import CallState
 from ..meter import ResponseMeter, settle_usage
 from ..models import UsageStatus, utcnow
 from ..providers import Exchange
-from ..ratelimits import Claim, Ticket, rate_limited
+from ..ratelimits import Claim
 from ..server import refused_as_malformed
 from .answer import AnswerRelay
 from .base import BaseHandler
@@ -112,18 +112,8 @@ class ProxyHandler(RecordedCall, AnswerRelay, BaseHandler):
             return self.reject(refusal)
         # Rate limits, after the checks above: a call they refuse anyway
         # spends none of the minute's requests.
-        if rate_limited(key.limits) or rate_limited(agent.limits):
-            rates = services.ratelimits
-            ticket = rates.admit_now(key, agent)
-            if isinstance(ticket, Claim):
-                ticket = await rates.admit(key, agent)
-                if self.call.recorded:  # the client left meanwhile
-                    if isinstance(ticket, Ticket):
-                        rates.end(ticket, 0)
-                    return
-            if isinstance(ticket, Refusal):
-                return self.reject(ticket)
-            self.rate = ticket
+        if not await self.admit_rates(key, agent):
+            return
         # Kylon's own check (data_received) answers 413; Tornado's guard, set
         # higher, only catches a single chunk far beyond the limit (with a 400).
         self.request.connection.set_max_body_size(2 * limit)

@@ -15,6 +15,7 @@ from ..calls import admission
 from ..calls.headers import upstream_request_id
 from ..calls.record import build_record
 from ..models import UsageStatus
+from ..ratelimits import Claim, Ticket, rate_limited
 
 log = logging.getLogger("kylon.proxy")
 
@@ -63,6 +64,26 @@ class RecordedCall:
         if send:
             self.send_kylon_error(refusal.status, refusal.message, refusal.code, refusal.headers)
         self.record(UsageStatus.REJECTED, refusal.status, Usage(), error=refusal.message)
+
+    async def admit_rates(self, key, agent):
+        """The call counts against the rpm and concurrency limits of its key
+        and agent (kylon/ratelimits.py); False once it has been refused, or
+        the client left while it waited for a lease."""
+        if not (rate_limited(key.limits) or rate_limited(agent.limits)):
+            return True
+        rates = self.services.ratelimits
+        ticket = rates.admit_now(key, agent)
+        if isinstance(ticket, Claim):
+            ticket = await rates.admit(key, agent)
+            if self.call.recorded:  # the client left meanwhile
+                if isinstance(ticket, Ticket):
+                    rates.end(ticket, 0)
+                return False
+        if isinstance(ticket, admission.Refusal):
+            self.reject(ticket)
+            return False
+        self.rate = ticket
+        return True
 
     def price(self):
         exchange = self.exchange

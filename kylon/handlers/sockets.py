@@ -105,6 +105,9 @@ class SocketHandler(RecordedCall, tornado.websocket.WebSocketHandler, BaseHandle
                                        services.cache.gates, call.key_balance)
         if refusal is not None:
             return self.reject(refusal)
+        # A session is one request, and one call at once while it is open.
+        if not await self.admit_rates(key, agent):
+            return
         query = provider.upstream_query(self.request.query)
         if route.upstream_query is not None:
             query = route.upstream_query(exchange, query)
