@@ -267,7 +267,8 @@ def wait_listening(target, port, seconds, what):
     return target
 
 
-NGINX_CONF = """\
+# The part of every nginx configuration the benchmarks run (here and bench/sockets.py).
+NGINX_HEAD = """\
 worker_processes 1;
 worker_rlimit_nofile 20000;
 pid {dir}/nginx.pid;
@@ -280,6 +281,8 @@ http {{
     fastcgi_temp_path {dir}/fastcgi_temp;
     uwsgi_temp_path {dir}/uwsgi_temp;
     scgi_temp_path {dir}/scgi_temp;
+"""
+NGINX_CONF = NGINX_HEAD + """\
     keepalive_requests 1000000;
     upstream fake {{
         server 127.0.0.1:{upstream_port};

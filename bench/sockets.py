@@ -31,19 +31,7 @@ SETUP = json.dumps({"setup": {"model": "models/gemini-live-2.5-flash", "generati
 AUDIO = json.dumps({"realtimeInput": {"audio": {"data": base64.b64encode(os.urandom(3200)).decode(),
                                                 "mimeType": "audio/pcm;rate=16000"}}})
 
-NGINX_CONF = """\
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 10000; }}
-http {{
-    access_log {dir}/nginx-access.log combined buffer=64k;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy_temp;
-    fastcgi_temp_path {dir}/fastcgi_temp;
-    uwsgi_temp_path {dir}/uwsgi_temp;
-    scgi_temp_path {dir}/scgi_temp;
+NGINX_CONF = run.NGINX_HEAD + """\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{
