@@ -11,6 +11,7 @@ import openai
 
 from .kylon_process import ADMIN_TOKEN
 from .test_key_limits import CALL, chat, tomorrow
+from .test_multiprocess import finish_held_streams
 from .test_openai_e2e import MESSAGES, client
 
 VIEW = "/proxy/kylon/v1/key"
@@ -87,10 +88,7 @@ def test_calls_in_flight_show_as_held(kylon, fake_openai):
         assert Decimal(shown["agent"]["available"]) == Decimal("5") - held
         assert Decimal(shown["key"]["remaining"]) == Decimal("2") - held
         assert shown["key"]["resets_at"].endswith("-01T00:00:00Z")
-        fake_openai.release.set()
-        for response in streams:
-            list(response.parse())
-            response.close()
+        finish_held_streams(streams, fake_openai)
     finally:
         fake_openai.release.set()
     assert view(kylon, key).json()["key"]["held"] == "0.000000000"

@@ -90,6 +90,17 @@ async def turn(session, text):
     return "".join(texts), audio
 
 
+def refused_at_setup(kylon, key):
+    """The error of a session Kylon closes once the setup message names the model."""
+    async def talk():
+        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT):
+            pass
+
+    with pytest.raises(genai_errors.APIError) as closed:
+        asyncio.run(talk())
+    return closed
+
+
 def only_record(kylon, agent):
     [record] = kylon.usage_for_agent(agent["id"], 1)
     return record
@@ -433,13 +444,7 @@ def test_what_a_session_uses_counts_against_the_agents_other_calls_at_once(kylon
 
 def test_a_session_whose_hold_does_not_fit_is_closed_before_going_upstream(kylon, fake_gemini):
     agent, key = new_agent(kylon, credits="0.01")  # the hold at this model's price is 0.012288
-
-    async def talk():
-        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT):
-            pass
-
-    with pytest.raises(genai_errors.APIError) as closed:
-        asyncio.run(talk())
+    closed = refused_at_setup(kylon, key)
     assert closed.value.code == 4402 and "may cost up to 0.012288 credits" in str(closed.value)
     assert fake_gemini.live_sessions == []
     record = only_record(kylon, agent)
@@ -481,13 +486,7 @@ def test_a_model_the_key_may_not_call_is_closed_before_going_upstream(kylon, fak
     agent = kylon.create_agent("10")
     key = kylon.create_key(agent["id"], allowed_models=["gemini:gemini-2.5-pro*"])["key"]
     CREATED_SECRETS.add(key)
-
-    async def talk():
-        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT):
-            pass
-
-    with pytest.raises(genai_errors.APIError) as closed:
-        asyncio.run(talk())
+    closed = refused_at_setup(kylon, key)
     assert closed.value.code == 4403 and MODEL in str(closed.value)
     assert fake_gemini.live_sessions == []
     record = only_record(kylon, agent)
@@ -499,13 +498,7 @@ def test_a_key_credit_limit_bounds_a_session_like_a_call(kylon, fake_gemini):
     agent = kylon.create_agent("10")
     key = kylon.create_key(agent["id"], credit_limit="0.01", limit_reset="daily")["key"]  # the hold is 0.012288
     CREATED_SECRETS.add(key)
-
-    async def talk():
-        async with client(kylon, key).aio.live.connect(model=MODEL, config=TEXT):
-            pass
-
-    with pytest.raises(genai_errors.APIError) as closed:
-        asyncio.run(talk())
+    closed = refused_at_setup(kylon, key)
     assert closed.value.code == 4402 and "Key credit limit reached" in str(closed.value)
     assert fake_gemini.live_sessions == []
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 import httpx
 from .test_key_limits import CALL, PARALLEL_LIMIT
-from .test_multiprocess import PROPAGATION_BOUND, call_status, pair, start_held_streams, time_until  # noqa: F401
+from .test_multiprocess import PROPAGATION_BOUND, call_status, pair, finish_held_streams, start_held_streams, time_until  # noqa: F401
 from .test_openai_e2e import MESSAGES
 
 
@@ -41,10 +41,7 @@ def test_a_keys_running_calls_count_in_the_other_process(pair, fake_openai):
         assert "held by its running calls" in error["message"] and " 0.998" in error["message"]
         # The agent's other key goes on, on either process.
         assert call_status(b, other) == 200 and call_status(a, other) == 200
-        fake_openai.release.set()
-        for response in streams:
-            list(response.parse())
-            response.close()
+        finish_held_streams(streams, fake_openai)
     finally:
         fake_openai.release.set()
     assert time_until(lambda: call_status(b, key) == 200) < PROPAGATION_BOUND

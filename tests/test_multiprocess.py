@@ -153,6 +153,14 @@ def start_held_streams(k, key, count, fake):
     return streams
 
 
+def finish_held_streams(streams, fake):
+    """Let the held streams end, and read each to its end."""
+    fake.release.set()
+    for response in streams:
+        list(response.parse())
+        response.close()
+
+
 def test_holds_limit_calls_in_flight(make_kylon, fake_openai):
     k = make_kylon()
     agent, key = k.agent_with_key("1")
@@ -161,10 +169,7 @@ def test_holds_limit_calls_in_flight(make_kylon, fake_openai):
         streams = start_held_streams(k, key, 2, fake_openai)
         # 1 credit less two holds of ~0.499: not enough left for a third call.
         assert call_status(k, key) == 402
-        fake_openai.release.set()
-        for response in streams:
-            list(response.parse())
-            response.close()
+        finish_held_streams(streams, fake_openai)
     finally:
         fake_openai.release.set()
     # Holds released: the balance only lost what the calls really cost.
@@ -181,10 +186,7 @@ def test_holds_count_across_processes(pair, fake_openai):
     try:
         streams = start_held_streams(a, key, 2, fake_openai)
         assert time_until(lambda: call_status(b, key) == 402) < PROPAGATION_BOUND
-        fake_openai.release.set()
-        for response in streams:
-            list(response.parse())
-            response.close()
+        finish_held_streams(streams, fake_openai)
     finally:
         fake_openai.release.set()
     assert time_until(lambda: call_status(b, key) == 200) < PROPAGATION_BOUND

@@ -16,6 +16,7 @@ from elevenlabs.core.api_error import ApiError
 from google import genai
 from google.genai import errors as genai_errors
 
+from .test_multiprocess import finish_held_streams
 from .test_openai_e2e import MESSAGES
 
 RESET = re.compile(r"^([0-9]|[1-5][0-9])s$|^1m0s$")
@@ -155,10 +156,7 @@ def test_concurrency_limit_against_held_streams(kylon, fake_openai):
         assert "this Kylon key's concurrent calls (concurrency_limit 2): 2 running" in err.value.body["message"]
         assert err.value.response.headers["Retry-After"] == "1"
     finally:
-        fake_openai.release.set()
-        for response in streams:
-            list(response.parse())
-            response.close()
+        finish_held_streams(streams, fake_openai)
     assert chat(kylon, key["key"]).http_response.status_code == 200
 
 
